@@ -1,0 +1,65 @@
+"""syncd: move data from Redis into SQL without losing or double-counting it.
+
+This module is the public facade: plugin packages import from ``syncd`` only,
+never from its submodules, so the core can rearrange itself behind it.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from syncd.config import Duration, Secret
+from syncd.counters import CounterSnapshots, Snapshot
+from syncd.deadletter import DeadLetter
+from syncd.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    RedisUnavailable,
+    RejectedItem,
+    SyncdError,
+    TransientError,
+)
+from syncd.gate import PauseGate
+from syncd.hookspecs import hookimpl
+from syncd.metrics import PluginMetrics
+from syncd.plugin import PluginContext, PluginSpec, Route, SyncResult, Worker
+from syncd.queue import Batch, ReliableQueue
+from syncd.redis import RedisHandle
+from syncd.sql import Database, Transaction
+from syncd.workload import Tally, Workload, WorkloadEnv
+
+try:
+    __version__ = version("syncd")
+except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Batch",
+    "ConfigError",
+    "CounterSnapshots",
+    "Database",
+    "DatabaseUnavailable",
+    "DeadLetter",
+    "Duration",
+    "PauseGate",
+    "PluginContext",
+    "PluginMetrics",
+    "PluginSpec",
+    "RedisHandle",
+    "RedisUnavailable",
+    "RejectedItem",
+    "ReliableQueue",
+    "Route",
+    "Secret",
+    "Snapshot",
+    "SyncResult",
+    "SyncdError",
+    "Tally",
+    "Transaction",
+    "TransientError",
+    "Worker",
+    "Workload",
+    "WorkloadEnv",
+    "__version__",
+    "hookimpl",
+]

@@ -1,0 +1,233 @@
+"""The root of everything: one nursery holding the supervisor and the control plane.
+
+::
+
+    Daemon.serve
+    └── trio-asyncio loop (for plugins that need asyncio-only libraries)
+        └── root nursery
+            ├── supervisor → one runner per enabled plugin
+            ├── control plane (hypercorn + quart-trio)
+            └── signal watcher: SIGTERM/SIGINT → graceful shutdown; again → exit now
+
+Shutdown is a sequence of deadlines, as in hypercorn's ``worker_serve``:
+intake stops, final flushes run shielded until ``shutdown_grace``, the
+control plane lets in-flight requests finish, connections close.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from typing import Any
+
+import attrs
+import pluggy
+import trio
+import trio_asyncio
+
+from syncd.config import Config, PluginSettings, resolve_plugins
+from syncd.errors import TransientError
+from syncd.logs import get_logger, plugin_logger
+from syncd.manager import Discovered, discover
+from syncd.metrics import Metrics
+from syncd.plugin import PluginContext
+from syncd.redact import mask_url
+from syncd.redis import RedisHandle
+from syncd.sql import Database, open_database
+from syncd.supervisor import PluginRunner, Supervisor
+
+log = get_logger("daemon")
+
+#: Seconds in-flight control-plane requests get once the plugins have stopped.
+HTTP_GRACE = 5.0
+
+
+@attrs.define(eq=False)
+class Daemon:
+    """A configured daemon: backends, metrics and a runner per enabled plugin.
+
+    Build it with `Daemon.build`, start it with ``await nursery.start(daemon.serve)``
+    (it answers with itself once every plugin has recovered and the control
+    plane listens), stop it with `request_shutdown` or by cancelling.
+    """
+
+    config: Config
+    pm: pluggy.PluginManager
+    discovered: Mapping[str, Discovered]
+    settings: Mapping[str, PluginSettings]
+    metrics: Metrics
+    redis: RedisHandle
+    databases: dict[str, Database]
+    supervisor: Supervisor = attrs.field(init=False)
+    http_binds: list[str] = attrs.Factory(list)
+    shutting_down: bool = False
+    _shutdown: trio.Event = attrs.Factory(trio.Event)
+    _http_stop: trio.Event = attrs.Factory(trio.Event)
+    _supervisor_done: trio.Event = attrs.Factory(trio.Event)
+
+    @classmethod
+    def build(cls, config: Config, pm: pluggy.PluginManager) -> Daemon:
+        """Validate plugin sections and create (not yet connect) every backend."""
+        discovered = discover(pm)
+        settings = resolve_plugins(config, {name: d.spec for name, d in discovered.items()})
+        metrics = Metrics()
+        redis = RedisHandle.from_url(
+            config.redis.url, pool_size=config.redis.pool_size,
+            on_error=lambda exc: metrics.redis_errors.inc(),
+        )
+        databases = {
+            name: open_database(
+                name, url, on_error=lambda exc, name=name: metrics.database_errors.labels(name).inc()
+            )
+            for name, url in config.databases.items()
+        }
+        daemon = cls(config, pm, discovered, settings, metrics, redis, databases)
+        pm.hook.syncd_metrics(metrics=metrics)
+        return daemon
+
+    def __attrs_post_init__(self) -> None:
+        runners = {}
+        for name, settings in self.settings.items():
+            if not settings.enabled:
+                continue
+            found = self.discovered[name]
+            runners[name] = PluginRunner(
+                found.spec, settings, self._context, self.pm.hook, self.metrics,
+                backoff_max=float(self.config.restart_backoff_max),
+                package=found.package, version=found.version,
+            )
+        self.supervisor = Supervisor(runners)
+
+    @property
+    def runners(self) -> Mapping[str, PluginRunner]:
+        return self.supervisor.runners
+
+    def _context(self, runner: PluginRunner) -> PluginContext:
+        settings = runner.settings
+        return PluginContext(
+            name=runner.name,
+            config=settings.options,
+            redis=self.redis,
+            database=self.databases[settings.database] if runner.spec.uses_database else None,
+            metrics=self.metrics.for_plugin(runner.name),
+            log=plugin_logger(runner.name),
+            gate=runner.gate,
+            instance=self.config.instance,
+            report=runner.report,
+        )
+
+    # -- running -------------------------------------------------------------------------
+
+    async def serve(
+        self, *, handle_signals: bool = False,
+        task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with trio_asyncio.open_loop(), AsyncExitStack() as stack:
+            stack.callback(self.redis.close)
+            for db in self.databases.values():
+                stack.push_async_callback(db.aclose)
+            await self._connect_backends()
+            async with trio.open_nursery() as outer:
+                if handle_signals:
+                    # Outside the root nursery, so a second signal is still
+                    # heard while the root is shutting down.
+                    await outer.start(self._watch_signals)
+                async with trio.open_nursery() as root:
+                    await root.start(self._run_supervisor)
+                    if self.config.http.enabled:
+                        from syncd.control import serve_control_plane
+
+                        self.http_binds = await root.start(
+                            serve_control_plane, self, self._http_stop)
+                    log.info("syncd ready", extra={
+                        "plugins": ",".join(self.runners) or "-",
+                        "http": ",".join(self.http_binds) or "-",
+                        "redis": mask_url(self.config.redis.url),
+                    })
+                    task_status.started(self)
+                    await self._shutdown.wait()
+                    grace = float(self.config.shutdown_grace)
+                    log.info("shutting down", extra={"grace_seconds": grace})
+                    self.supervisor.stop(grace)
+                    await self._supervisor_done.wait()
+                    # Let in-flight HTTP requests finish, but not forever.
+                    self._http_stop.set()
+                    root.cancel_scope.deadline = trio.current_time() + HTTP_GRACE
+                outer.cancel_scope.cancel()
+        log.info("syncd stopped")
+
+    async def _run_supervisor(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            await self.supervisor.run(task_status=task_status)
+        finally:
+            self._supervisor_done.set()
+
+    async def _connect_backends(self) -> None:
+        """Connect what answers; a backend that is down only makes us not ready.
+
+        Plugins that need it fail and retry with backoff, so syncd started
+        before its database catches up once the database arrives.
+        """
+        for name, db in self.databases.items():
+            try:
+                await db.connect()
+            except TransientError as exc:
+                log.warning("database unreachable at start", extra={
+                    "database": name, "error": str(exc)})
+        try:
+            await self.redis.ping()
+        except TransientError as exc:
+            log.warning("redis unreachable at start", extra={"error": str(exc)})
+
+    def request_shutdown(self) -> None:
+        self.shutting_down = True
+        self._shutdown.set()
+
+    async def _watch_signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                if not self.shutting_down:
+                    log.info("signal received, shutting down gracefully",
+                             extra={"signal": signal.Signals(signum).name})
+                    self.request_shutdown()
+                else:
+                    log.warning("second signal, exiting now",
+                                extra={"signal": signal.Signals(signum).name})
+                    os._exit(128 + signum)
+
+    # -- what the control plane and the CLI ask --------------------------------------------
+
+    def runner(self, name: str) -> PluginRunner | None:
+        return self.runners.get(name)
+
+    async def check_backends(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
+        """Probe Redis and every database, each with its own short timeout."""
+        results: dict[str, dict[str, Any]] = {}
+
+        async def probe(key: str, ping: Any) -> None:
+            started = trio.current_time()
+            ok, error = False, None
+            with trio.move_on_after(timeout) as scope:
+                try:
+                    await ping()
+                    ok = True
+                except Exception as exc:
+                    error = str(exc)
+            if scope.cancelled_caught:
+                error = f"no answer within {timeout}s"
+            results[key] = {
+                "ok": ok,
+                "latency_ms": round((trio.current_time() - started) * 1000, 2),
+                **({"error": error} if error else {}),
+            }
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(probe, "redis", self.redis.ping)
+            for name, db in self.databases.items():
+                nursery.start_soon(probe, f"database:{name}", db.ping)
+        return results

@@ -1,0 +1,159 @@
+"""Dead letters: where bad input goes so it never blocks a queue and never vanishes.
+
+DESIGN.md §3: an item that cannot be parsed or validated is moved, with the
+reason, to a Redis list (e.g. ``votes:dead``) instead of being dropped or
+retried forever. The usual path is atomic with the batch it came from:
+`ReliableQueue.ack` and `CounterSnapshots.commit` push dead letters in the same
+Lua script that removes the batch, so an item is either still in its batch or
+already quarantined, never both and never neither. `push_dead_letters` is for
+the rarer caller that quarantines outside an ack.
+
+Each entry is one JSON document (RPUSHed, so a list reads oldest first)::
+
+    {"payload": "<the item as text>", "reason": "...", "plugin": "votes",
+     "at": 1700000000.123, "at_iso": "2023-11-14T22:13:20.123000+00:00"}
+
+A payload that is not valid UTF-8 is stored base64-encoded under
+``payload_b64`` instead of ``payload``, so arbitrary bytes (binary junk, a
+truncated multi-byte character) survive exactly; NUL bytes are valid UTF-8 and
+JSON escapes them as ``\\u0000``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    import redis as redis_py
+
+    from syncd.redis import RedisHandle
+
+
+@attrs.frozen
+class DeadLetter:
+    """One quarantined item and why.
+
+    Attributes:
+        key: The Redis list it is pushed to, e.g. ``"votes:dead"``.
+        payload: The item exactly as it was found (raw bytes from Redis, or text).
+        reason: Why it was rejected, for the operator reading the list.
+        plugin: The plugin that rejected it.
+        at: When it was rejected (epoch seconds).
+    """
+
+    key: str
+    payload: bytes | str
+    reason: str
+    plugin: str
+    at: float = attrs.Factory(time.time)
+
+    @property
+    def payload_bytes(self) -> bytes:
+        """The payload as bytes, whichever type it was given as."""
+        if isinstance(self.payload, bytes):
+            return self.payload
+        return self.payload.encode("utf-8", "surrogatepass")
+
+    def encode(self) -> bytes:
+        """The JSON document stored in the dead-letter list (UTF-8 bytes)."""
+        doc: dict[str, Any] = {}
+        text = _as_text(self.payload)
+        if text is None:
+            doc["payload_b64"] = base64.b64encode(self.payload_bytes).decode("ascii")
+        else:
+            doc["payload"] = text
+        doc["reason"] = self.reason
+        doc["plugin"] = self.plugin
+        doc["at"] = self.at
+        doc["at_iso"] = datetime.fromtimestamp(self.at, UTC).isoformat()
+        # ensure_ascii=False keeps non-ASCII text readable (and small) in
+        # redis-cli; _as_text guaranteed the text encodes as strict UTF-8.
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def decode(cls, key: str, raw: bytes | str) -> DeadLetter:
+        """Parse an entry read back from the list ``key`` (inverse of `encode`).
+
+        A ``payload_b64`` entry comes back with a bytes payload, a text entry
+        with a str payload; `payload_bytes` gives the original bytes either way.
+        """
+        doc = json.loads(raw)
+        payload: bytes | str
+        if "payload_b64" in doc:
+            payload = base64.b64decode(doc["payload_b64"])
+        else:
+            payload = doc["payload"]
+        return cls(key, payload, doc["reason"], doc["plugin"], float(doc["at"]))
+
+
+def _as_text(payload: bytes | str) -> str | None:
+    """The payload as text that encodes losslessly to UTF-8, or None.
+
+    None means "store it base64": bytes that are not UTF-8, and str holding
+    lone surrogates (which a strict UTF-8 encoder would reject).
+    """
+    try:
+        if isinstance(payload, bytes):
+            return payload.decode("utf-8")
+        payload.encode("utf-8")
+    except UnicodeError:
+        return None
+    return payload
+
+
+def script_args(entries: Sequence[DeadLetter]) -> tuple[list[str], list[bytes | int]]:
+    """Pack dead letters for a Lua script that pushes them.
+
+    Returns ``(lists, args)``: the distinct target lists (to pass as KEYS, so
+    the script declares every key it writes) and a flat ``[index, payload,
+    index, payload, ...]`` where ``index`` is 1-based into ``lists``. The
+    scripts in `syncd.queue` and `syncd.counters` RPUSH each payload to its
+    list in order, inside the same script that acks the batch.
+    """
+    lists: dict[str, int] = {}
+    args: list[bytes | int] = []
+    for entry in entries:
+        index = lists.setdefault(entry.key, len(lists) + 1)
+        args += [index, entry.encode()]
+    return list(lists), args
+
+
+def _push(client: redis_py.Redis, entries: Sequence[DeadLetter]) -> int:
+    # MULTI/EXEC so a batch of dead letters lands all or nothing. If the reply
+    # is lost and redis-py retries, entries can be pushed twice: dead letters
+    # are at-least-once, which is the right side to err on for evidence.
+    with client.pipeline(transaction=True) as pipe:
+        for entry in entries:
+            pipe.rpush(entry.key, entry.encode())
+        pipe.execute()
+    return len(entries)
+
+
+async def push_dead_letters(redis: RedisHandle, entries: Sequence[DeadLetter]) -> int:
+    """Quarantine ``entries`` outside an ack, in one round trip; returns how many.
+
+    Prefer passing dead letters to `ReliableQueue.ack` or
+    `CounterSnapshots.commit`, which push them atomically with removing the
+    batch; this is for items rejected before they were ever part of one.
+    """
+    if not entries:
+        return 0
+    return await redis.run(_push, list(entries))
+
+
+async def count(redis: RedisHandle, key: str) -> int:
+    """How many entries the dead-letter list ``key`` holds (for metrics and health)."""
+    return await redis.run(lambda client: int(client.llen(key)))
+
+
+async def read(redis: RedisHandle, key: str, start: int = 0, stop: int = 99) -> list[DeadLetter]:
+    """Entries ``start..stop`` (inclusive, oldest first) of ``key``, decoded, for inspection."""
+    raw = await redis.run(lambda client: client.lrange(key, start, stop))
+    return [DeadLetter.decode(key, item) for item in raw]

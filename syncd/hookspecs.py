@@ -1,0 +1,100 @@
+"""Every hook a syncd plugin can implement.
+
+Hooks are synchronous and declarative: they return specs, routes or
+callables, and the core owns every nursery and decides when to run what they
+return. Implement them with ``@syncd.hookimpl``; a misspelled hook name fails
+at start-up (``PluginManager.check_pending``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from syncd.metrics import Metrics
+    from syncd.plugin import PluginSpec, Route, SyncResult
+    from syncd.workload import Workload
+
+PROJECT = "syncd"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# -- declaring plugins ---------------------------------------------------------
+
+
+@hookspec
+def syncd_plugin() -> PluginSpec | list[PluginSpec] | None:
+    """Declare the plugin(s) this package provides.
+
+    Called once when the plugin manager is built. Return a `PluginSpec` (or a
+    list of them): name, attrs config class and the factory that builds the
+    `Worker` from a `PluginContext`.
+    """
+
+
+@hookspec
+def syncd_http_routes(plugin: str, worker: Any) -> list[Route] | None:
+    """Add HTTP routes to the control plane for a running plugin.
+
+    Called once per enabled plugin when the control plane is built, with the
+    plugin's name and the worker its factory returned. Return routes only for
+    your own plugin (check ``plugin``); state-changing methods need the token.
+
+    :param plugin: name of the enabled plugin the routes would belong to.
+    :param worker: the object that plugin's factory returned.
+    """
+
+
+@hookspec
+def syncd_metrics(metrics: Metrics) -> None:
+    """Register extra collectors in the daemon's Prometheus registry.
+
+    Called once at start-up. Metrics a worker updates are better created from
+    ``ctx.metrics`` in its factory; this hook is for custom collectors.
+    """
+
+
+@hookspec
+def syncd_workload(plugin: str, prefix: str) -> Workload | None:
+    """Describe how to produce and count test data for this plugin.
+
+    Used by ``syncd bench`` and ``syncd chaos`` (and their CI smoke tests) to
+    drive a plugin the way the user's application would, then check that
+    every item arrived exactly once. Return None unless ``plugin`` is yours.
+
+    :param prefix: unique per run; name every key and table with it.
+    """
+
+
+# -- lifecycle events (the messages seed's events) -----------------------------
+
+
+@hookspec
+def syncd_worker_started(plugin: str, config: Any) -> None:
+    """A plugin's worker finished recovery and is running.
+
+    :param plugin: the plugin's name.
+    :param config: its validated config instance.
+    """
+
+
+@hookspec
+def syncd_worker_stopped(plugin: str) -> None:
+    """A plugin's worker stopped (shutdown, or before a restart after a crash)."""
+
+
+@hookspec
+def syncd_sync_success(plugin: str, result: SyncResult, duration: float) -> None:
+    """A batch or flush committed.
+
+    :param result: what it moved; ``duration`` is in seconds.
+    """
+
+
+@hookspec
+def syncd_sync_error(plugin: str, error: BaseException) -> None:
+    """A plugin's batch, flush or worker failed; the supervisor will retry."""

@@ -1,0 +1,341 @@
+"""The supervisor: each plugin in its own cancel scope, restarted when it crashes.
+
+A crash in one plugin is logged with its traceback, marks that plugin
+``failed``, fires ``sync_error`` and is retried after a capped exponential
+backoff; the other plugins never notice. Shutdown cancels every intake scope
+first, then gives each plugin one final ``flush()`` in a shielded scope under
+the shared grace deadline: whatever does not make it stays safely in Redis.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import pluggy
+import trio
+
+from syncd.config import PluginSettings
+from syncd.errors import DatabaseUnavailable, RedisUnavailable, TransientError
+from syncd.gate import PauseGate
+from syncd.logs import get_logger, plugin_logger
+from syncd.metrics import Metrics
+from syncd.plugin import PluginContext, PluginSpec, SyncResult, Worker
+
+log = get_logger("supervisor")
+
+BACKOFF_INITIAL = 0.5
+BACKLOG_POLL = 5.0
+
+
+class NotRunning(Exception):
+    """The plugin has no live worker to flush (it is starting, failed or stopped)."""
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short label for metrics: which backend failed, or the exception type."""
+    if isinstance(exc, RedisUnavailable):
+        return "redis"
+    if isinstance(exc, DatabaseUnavailable):
+        return "database"
+    if isinstance(exc, TransientError):
+        return "transient"
+    return type(exc).__name__
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The one interesting exception inside nested single-member groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+@attrs.define(eq=False)
+class PluginRunner:
+    """Runs one plugin: builds its worker, restarts it, times its flushes.
+
+    Attributes:
+        spec: What the plugin declared.
+        settings: Its validated config section.
+        make_context: Builds the `PluginContext` for a fresh worker.
+        hook: The plugin manager's hook relay, for lifecycle events.
+        metrics: The daemon's metrics.
+        backoff_max: Upper bound of the restart delay, in seconds.
+    """
+
+    spec: PluginSpec
+    settings: PluginSettings
+    make_context: Callable[[PluginRunner], PluginContext]
+    hook: pluggy.HookRelay
+    metrics: Metrics
+    backoff_max: float = 30.0
+    package: str = "-"
+    version: str = "-"
+
+    gate: PauseGate = attrs.Factory(PauseGate)
+    state: str = "starting"
+    worker: Worker | None = None
+    last_success: float | None = None
+    last_error: dict[str, Any] | None = None
+    last_result: SyncResult | None = None
+    items_synced: int = 0
+    batches: int = 0
+    dead_lettered: int = 0
+    restarts: int = 0
+    backlog: int | None = None
+    _flush_lock: trio.Lock = attrs.Factory(trio.Lock)
+    _intake: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    _flush_deadline: float = math.inf
+    _backoff: float = BACKOFF_INITIAL
+
+    def __attrs_post_init__(self) -> None:
+        self.log = plugin_logger(self.name)
+        self.metrics.set_state(self.name, self.state)
+        self.metrics.paused.labels(self.name).set(0)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Supervise the plugin until cancelled, then flush it one last time.
+
+        ``started()`` is called once the first worker has recovered what a
+        previous process left in flight, or has failed doing so: a broken
+        plugin must not hold the daemon's start-up hostage.
+        """
+        try:
+            with self._intake:
+                await self._supervise(task_status)
+        finally:
+            self._set_state("stopping")
+            deadline = self._flush_deadline
+            if deadline == math.inf:
+                deadline = trio.current_time() + 30.0
+            with trio.CancelScope(deadline=deadline, shield=True) as scope:
+                await self._final_flush()
+            if scope.cancelled_caught:
+                self.log.warning("final flush did not finish before the shutdown deadline; "
+                                 "what remains is still in Redis")
+            self._set_state("stopped")
+
+    def stop(self, deadline: float) -> None:
+        """Stop intake now; the final flush must end by ``deadline`` (trio time)."""
+        self._flush_deadline = deadline
+        self._intake.cancel()
+
+    async def _supervise(self, task_status: trio.TaskStatus[None]) -> None:
+        started = False
+        while True:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._set_state("starting")
+                    self.worker = self.spec.create(self.make_context(self))
+                    await nursery.start(self.worker.run)
+                    self._set_state("paused" if self.gate.paused else "running")
+                    self.log.info("worker started", extra={"restarts": self.restarts})
+                    self._emit("syncd_worker_started", plugin=self.name,
+                               config=self.settings.options)
+                    if not started:
+                        started = True
+                        task_status.started()
+                    if self.worker.interval:
+                        nursery.start_soon(self._timer, self.worker.interval)
+                    if callable(getattr(self.worker, "backlog", None)):
+                        nursery.start_soon(self._poll_backlog)
+            except Exception as exc:
+                error = unwrap(exc)
+                self._record_error(error, crashed=True)
+                self._emit("syncd_worker_stopped", plugin=self.name)
+                if not started:
+                    started = True
+                    task_status.started()
+                delay, self._backoff = self._backoff, min(self._backoff * 2, self.backoff_max)
+                self.restarts += 1
+                self.metrics.restarts.labels(self.name).inc()
+                self.log.info("restarting worker", extra={"in_seconds": round(delay, 3)})
+                await trio.sleep(delay)
+            else:
+                # A worker whose run() returned and has no timer is done; park
+                # until shutdown so the status stays truthful.
+                self._emit("syncd_worker_stopped", plugin=self.name)
+                await trio.sleep_forever()
+
+    async def _timer(self, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            await self.gate.wait()
+            await self.flush(raise_errors=True)
+
+    async def _poll_backlog(self) -> None:
+        while True:
+            try:
+                self.backlog = await self.worker.backlog()  # type: ignore[union-attr]
+            except TransientError as exc:
+                self.log.debug("backlog unknown", extra={"error": str(exc)})
+            else:
+                if self.backlog is not None:
+                    self.metrics.backlog.labels(self.name).set(self.backlog)
+            await trio.sleep(BACKLOG_POLL)
+
+    async def _final_flush(self) -> None:
+        if self.worker is None:
+            return
+        try:
+            result = await self.flush(raise_errors=True, final=True)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            self.log.error("final flush failed; pending data stays in Redis",
+                           extra={"error": str(unwrap(exc))})
+        else:
+            self.log.info("final flush done", extra=result.as_dict())
+        self._emit("syncd_worker_stopped", plugin=self.name)
+
+    # -- control -------------------------------------------------------------------
+
+    async def flush(self, *, raise_errors: bool = True, final: bool = False) -> SyncResult:
+        """Run the worker's flush (never two at once) and report the result."""
+        worker = self.worker
+        if worker is None or (self.state in ("starting", "failed", "stopped") and not final):
+            raise NotRunning(f"plugin {self.name} is {self.state}")
+        async with self._flush_lock:
+            started = time.perf_counter()
+            try:
+                result = await worker.flush()
+            except Exception as exc:
+                self._record_error(unwrap(exc), crashed=False)
+                if raise_errors:
+                    raise
+                return SyncResult()
+            self.report(result, time.perf_counter() - started)
+            return result
+
+    def pause(self) -> None:
+        self.gate.pause()
+        self.metrics.paused.labels(self.name).set(1)
+        if self.state == "running":
+            self._set_state("paused")
+        self.log.info("paused")
+
+    def resume(self) -> None:
+        self.gate.resume()
+        self.metrics.paused.labels(self.name).set(0)
+        if self.state == "paused":
+            self._set_state("running")
+        self.log.info("resumed")
+
+    # -- reporting -------------------------------------------------------------------
+
+    def report(self, result: SyncResult, duration: float | None = None) -> None:
+        """Account for a committed batch (called by the worker via ctx.report)."""
+        name = self.name
+        if result.items:
+            self.metrics.items_synced.labels(name).inc(result.items)
+        if result.batches:
+            self.metrics.batches.labels(name).inc(result.batches)
+        if result.dead_lettered:
+            self.metrics.dead_lettered.labels(name).inc(result.dead_lettered)
+        if result.skipped:
+            self.metrics.skipped.labels(name).inc(result.skipped)
+        if duration is not None:
+            self.metrics.batch_duration.labels(name).observe(duration)
+        self.items_synced += result.items
+        self.batches += result.batches
+        self.dead_lettered += result.dead_lettered
+        self.last_result = result
+        if result.batches or result.items or result.dead_lettered:
+            self.last_success = time.time()
+            self.metrics.last_success.labels(name).set(self.last_success)
+        self._backoff = BACKOFF_INITIAL
+        if self.state == "failed":
+            self._set_state("paused" if self.gate.paused else "running")
+        self._emit("syncd_sync_success", plugin=name, result=result, duration=duration or 0.0)
+
+    def _record_error(self, error: BaseException, *, crashed: bool) -> None:
+        kind = error_kind(error)
+        self.metrics.errors.labels(self.name, kind).inc()
+        self.last_error = {
+            "type": type(error).__name__,
+            "message": str(error),
+            "kind": kind,
+            "at": time.time(),
+        }
+        if crashed:
+            self._set_state("failed")
+            if isinstance(error, TransientError):
+                # Expected while a backend is away: one line, no traceback.
+                self.log.warning("worker failed", extra={"error": str(error), "kind": kind})
+            else:
+                self.log.error("worker crashed", exc_info=error, extra={"kind": kind})
+        else:
+            self.log.warning("flush failed", extra={"error": str(error), "kind": kind})
+        self._emit("syncd_sync_error", plugin=self.name, error=error)
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self.metrics.set_state(self.name, state)
+
+    def _emit(self, hook: str, **kwargs: Any) -> None:
+        """Call event listeners; a broken listener is logged, never fatal."""
+        try:
+            getattr(self.hook, hook)(**kwargs)
+        except Exception:
+            self.log.exception("event listener failed", extra={"event": hook})
+
+    def status(self) -> dict[str, Any]:
+        """What /plugins and `syncd` status commands show."""
+        last_error = None
+        if self.last_error is not None:
+            last_error = {**self.last_error, "at": _iso(self.last_error["at"])}
+        return {
+            "name": self.name,
+            "state": self.state,
+            "paused": self.gate.paused,
+            "database": self.settings.database if self.spec.uses_database else None,
+            "interval": getattr(self.worker, "interval", None),
+            "last_success": _iso(self.last_success),
+            "last_error": last_error,
+            "items_synced": self.items_synced,
+            "batches": self.batches,
+            "dead_lettered": self.dead_lettered,
+            "backlog": self.backlog,
+            "restarts": self.restarts,
+            "package": self.package,
+            "version": self.version,
+        }
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+@attrs.define
+class Supervisor:
+    """Starts every enabled plugin's runner and stops them together."""
+
+    runners: Mapping[str, PluginRunner]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for runner in self.runners.values():
+                await nursery.start(runner.run)
+            task_status.started()
+
+    def stop(self, grace: float) -> None:
+        """Stop intake everywhere; final flushes share one deadline."""
+        deadline = trio.current_time() + grace
+        for runner in self.runners.values():
+            runner.stop(deadline)
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, runner in self.runners.items() if runner.state == "failed"]
+
