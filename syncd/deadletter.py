@@ -85,11 +85,9 @@ class DeadLetter:
         with a str payload; `payload_bytes` gives the original bytes either way.
         """
         doc = json.loads(raw)
-        payload: bytes | str
-        if "payload_b64" in doc:
-            payload = base64.b64decode(doc["payload_b64"])
-        else:
-            payload = doc["payload"]
+        payload: bytes | str = (
+            base64.b64decode(doc["payload_b64"]) if "payload_b64" in doc else doc["payload"]
+        )
         return cls(key, payload, doc["reason"], doc["plugin"], float(doc["at"]))
 
 

@@ -1,0 +1,107 @@
+"""Dead letters: any payload round-trips exactly, and pushes land in order."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+
+import pytest
+import redis
+
+from syncd import deadletter
+from syncd.deadletter import DeadLetter, push_dead_letters, script_args
+from syncd.redis import RedisHandle
+
+REDIS_URL = os.environ.get("SYNCD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def pfx() -> str:
+    return f"t:{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+def rc(pfx: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    keys = list(client.scan_iter(match=f"{pfx}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+async def handle(rc: redis.Redis) -> AsyncIterator[RedisHandle]:
+    h = RedisHandle.from_url(REDIS_URL, pool_size=4)
+    yield h
+    h.close()
+
+
+def test_text_payload_is_stored_as_text() -> None:
+    entry = DeadLetter("votes:dead", '{"vote": "é"}', "bad vote", "votes", at=1_700_000_000.5)
+    doc = json.loads(entry.encode())
+    assert doc == {
+        "payload": '{"vote": "é"}',
+        "reason": "bad vote",
+        "plugin": "votes",
+        "at": 1_700_000_000.5,
+        "at_iso": "2023-11-14T22:13:20.500000+00:00",
+    }
+    assert datetime.fromisoformat(doc["at_iso"]).timestamp() == entry.at
+
+
+def test_utf8_bytes_with_nul_stay_text() -> None:
+    raw = b"a\x00b\xc3\xa9\x00"
+    doc = json.loads(DeadLetter("k", raw, "r", "p").encode())
+    assert "payload_b64" not in doc
+    assert doc["payload"].encode() == raw
+    assert DeadLetter.decode("k", DeadLetter("k", raw, "r", "p").encode()).payload_bytes == raw
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"\xff\xfe\x00\x80", b"\xc3", bytes(range(256)), "lone \udcff surrogate"],
+    ids=["binary", "truncated-utf8", "all-bytes", "surrogate-str"],
+)
+def test_non_utf8_goes_base64_and_round_trips(payload: bytes | str) -> None:
+    entry = DeadLetter("k", payload, "r", "p")
+    doc = json.loads(entry.encode())
+    assert "payload" not in doc
+    back = DeadLetter.decode("k", entry.encode())
+    assert back.payload_bytes == entry.payload_bytes
+    assert (back.reason, back.plugin, back.at) == ("r", "p", entry.at)
+
+
+def test_script_args_indexes_lists_in_first_seen_order() -> None:
+    a1 = DeadLetter("a", b"1", "r", "p")
+    b1 = DeadLetter("b", b"2", "r", "p")
+    a2 = DeadLetter("a", b"3", "r", "p")
+    lists, args = script_args([a1, b1, a2])
+    assert lists == ["a", "b"]
+    assert args == [1, a1.encode(), 2, b1.encode(), 1, a2.encode()]
+    assert script_args([]) == ([], [])
+
+
+async def test_push_count_read_round_trip_large_and_binary(
+    handle: RedisHandle, rc: redis.Redis, pfx: str
+) -> None:
+    big_binary = os.urandom(3 * 1024 * 1024) + b"\x00\xff"
+    big_text = ("x\x00é" * 1_000_000).encode()  # ~4 MB of valid UTF-8 with NULs
+    entries = [
+        DeadLetter(f"{pfx}dead", b"first", "r1", "votes"),
+        DeadLetter(f"{pfx}other", big_binary, "r2", "votes"),
+        DeadLetter(f"{pfx}dead", big_text, "r3", "votes"),
+    ]
+    assert await push_dead_letters(handle, entries) == 3
+    assert await push_dead_letters(handle, []) == 0
+    assert await deadletter.count(handle, f"{pfx}dead") == 2
+    assert await deadletter.count(handle, f"{pfx}other") == 1
+    dead = await deadletter.read(handle, f"{pfx}dead")
+    assert [d.payload_bytes for d in dead] == [b"first", big_text]  # oldest first
+    assert [d.reason for d in dead] == ["r1", "r3"]
+    (other,) = await deadletter.read(handle, f"{pfx}other")
+    assert other.payload_bytes == big_binary
+    assert other == DeadLetter(f"{pfx}other", big_binary, "r2", "votes", at=entries[1].at)

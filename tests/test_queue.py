@@ -1,0 +1,805 @@
+"""ReliableQueue against a real Redis: order, batching, crashes, reclaim, outages.
+
+"Applying" a batch is simulated by a `Ledger`: like the SQL ledger, it
+records the batch id together with the items in one step, and skips a batch
+whose id it has seen. Every test then counts: each item produced is applied
+exactly once, and nothing is left in Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import socket
+import threading
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+
+import attrs
+import pytest
+import redis
+import trio
+import trio.lowlevel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from syncd.deadletter import DeadLetter
+from syncd.errors import RedisUnavailable
+from syncd.queue import Batch, ReliableQueue
+from syncd.redis import RedisHandle
+
+REDIS_URL = os.environ.get("SYNCD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+# -- fixtures and helpers ------------------------------------------------------------
+
+
+@pytest.fixture
+def pfx() -> str:
+    return f"t:{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+def rc(pfx: str) -> Iterator[redis.Redis]:
+    """A plain client for setup and inspection; deletes the test's keys afterwards."""
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    keys = list(client.scan_iter(match=f"{pfx}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+async def handle(rc: redis.Redis) -> AsyncIterator[RedisHandle]:
+    h = RedisHandle.from_url(REDIS_URL, pool_size=8)
+    yield h
+    h.close()
+
+
+@attrs.define
+class Ledger:
+    """The SQL side, simulated: batch ids applied, and how often each item arrived."""
+
+    ids: set[str] = attrs.Factory(set)
+    items: Counter[bytes] = attrs.Factory(Counter)
+    skipped: int = 0
+
+    def apply(self, batch: Batch) -> bool:
+        # No await in here: atomic in Trio, like one SQL transaction.
+        if batch.id in self.ids:
+            self.skipped += 1
+            return False
+        self.ids.add(batch.id)
+        self.items.update(batch.items)
+        return True
+
+    def assert_exactly_once(self, produced: list[bytes]) -> None:
+        doubled = {item: n for item, n in self.items.items() if n > 1}
+        assert not doubled, f"{len(doubled)} items applied twice, e.g. {list(doubled)[:3]}"
+        missing = set(produced) - set(self.items)
+        assert not missing, f"{len(missing)} items lost, e.g. {sorted(missing)[:3]}"
+        assert len(self.items) == len(produced)
+
+
+def items(n: int, tag: str = "i") -> list[bytes]:
+    return [f"{tag}{k:06d}".encode() for k in range(n)]
+
+
+def produce(rc: redis.Redis, key: str, values: list[bytes], chunk: int = 1000) -> None:
+    """LPUSH one by one, as the application would (oldest ends up at the right)."""
+    for start in range(0, len(values), chunk):
+        rc.lpush(key, *values[start : start + chunk])
+
+
+def assert_drained(rc: redis.Redis, source: str) -> None:
+    leftovers = [k for k in rc.scan_iter(match=f"{source}*") if not k.endswith(b":consumers")]
+    leftovers = [k for k in leftovers if b":consumer:" not in k]
+    assert leftovers == [], leftovers
+
+
+async def drain(q: ReliableQueue, ledger: Ledger, max_items: int = 100) -> int:
+    """Take, apply and ack until the source stays empty; returns the batch count."""
+    batches = 0
+    while (batch := await q.take(max_items, 0.0, 0.05)) is not None:
+        ledger.apply(batch)
+        assert await q.ack(batch)
+        batches += 1
+    return batches
+
+
+# -- order and batching --------------------------------------------------------------
+
+
+async def test_fifo_order_across_batches(handle: RedisHandle, rc: redis.Redis, pfx: str) -> None:
+    source = f"{pfx}votes"
+    produced = items(250)
+    for item in produced:  # one LPUSH per item: the app's order is the push order
+        rc.lpush(source, item)
+    q = ReliableQueue(handle, source, "c1")
+    seen: list[bytes] = []
+    sizes = []
+    while (batch := await q.take(100, 0.0, 0.05)) is not None:
+        assert not batch.recovered and batch.consumer == "c1"
+        seen += batch.items
+        sizes.append(len(batch))
+        assert await q.ack(batch)
+    assert seen == produced
+    assert sizes == [100, 100, 50]
+    assert await q.length() == 0 and await q.processing_length() == 0
+
+
+async def test_batch_closes_at_max_items_without_waiting(
+    handle: RedisHandle, rc: redis.Redis, pfx: str
+) -> None:
+    source = f"{pfx}q"
+    produce(rc, source, items(50))
+    q = ReliableQueue(handle, source, "c1")
+    start = trio.current_time()
+    batch = await q.take(20, max_wait=5.0, block=1.0)
+    assert batch is not None and len(batch) == 20
+    assert trio.current_time() - start < 1.0
+    assert await q.processing_length() == 20
+    assert await q.length() == 30
+    assert rc.get(f"{source}:processing:c1:batch") == batch.id.encode()
+
+
+async def test_batch_closes_at_max_wait_with_a_trickle(
+    handle: RedisHandle, rc: redis.Redis, pfx: str
+) -> None:
+    source = f"{pfx}q"
+    q = ReliableQueue(handle, source, "c1")
+    produced = items(200)
+
+    async def trickle() -> None:
+        for item in produced:
+            await trio.to_thread.run_sync(rc.lpush, source, item)
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        await trio.sleep(0.05)
+        start = trio.current_time()
+        batch = await q.take(1000, max_wait=0.3, block=1.0)
+        elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert batch is not None
+    assert 0.25 <= elapsed < 0.8, elapsed
+    assert 5 < len(batch) < 200
+    assert batch.items == produced[: len(batch)]
+    assert await q.processing_length() == len(batch)
+
+
+async def test_take_returns_none_when_nothing_arrives(
+    handle: RedisHandle, rc: redis.Redis, pfx: str
+) -> None:
+    q = ReliableQueue(handle, f"{pfx}q", "c1", block_slice=0.1)
+    start = trio.current_time()
+    assert await q.take(10, 0.1, block=0.35) is None  # several BLMOVE slices
+    assert 0.3 <= trio.current_time() - start < 0.8
+    start = trio.current_time()
+    assert await q.take(10, 0.1, block=0) is None  # non-blocking
+    assert trio.current_time() - start < 0.2
+
+
+async def test_item_arriving_during_block_is_taken_at_once(
+    handle: RedisHandle, rc: redis.Redis, pfx: str
+) -> None:
+    source = f"{pfx}q"
+    q = ReliableQueue(handle, source, "c1")
+    async with trio.open_nursery() as nursery:
+
+        async def later() -> None:
+            await trio.sleep(0.2)
+            await trio.to_thread.run_sync(rc.lpush, source, b"late")
+
+        nursery.start_soon(later)
+        start = trio.current_time()
+        batch = await q.take(10, max_wait=0.0, block=2.0)
+    assert batch is not None and batch.items == [b"late"]
+    assert trio.current_time() - start < 0.6
+
+
+# -- crashes and acks ----------------------------------------------------------------
+
+
+async def test_crash_leftover_with_id_is_recovered_as_is(
+    handle: RedisHandle, rc: redis.Redis, pfx: str
+) -> None:
+    source = f"{pfx}q"
+    produce(rc, source, items(30))
+    first = await ReliableQueue(handle, source, "c1").take(10, 0.0, 0.1)
+    assert first is not None
+    # "Crash": the object is gone; a restart with the same consumer id finds it.
+    restarted = ReliableQueue(handle, source, "c1")
+    again = await restarted.take(5, 0.0, 0.1)  # smaller max_items: the batch stays whole
+    assert again == Batch(first.id, first.items, "c1", recovered=True)
+    assert await restarted.ack(again)
+    nxt = await restarted.take(10, 0.0, 0.1)
+    assert nxt is not None and not nxt.recovered and nxt.id != first.id
+    assert nxt.items == items(30)[10:20]
+
+
+async def test_crash_leftover_without_id_gets_a_stable_id(
+    handle: RedisHandle, rc: redis.Redis, pfx: str
+) -> None:
+    source = f"{pfx}q"
+    produce(rc, source, items(5))
+    # A crash between BLMOVE and the fill script: items moved, no batch id yet.
+    for _ in range(3):
+        rc.lmove(source, f"{source}:processing:c1", "RIGHT", "LEFT")
+    q = ReliableQueue(handle, source, "c1")
+    batch = await q.take(100, 0.5, 0.1)
+    assert batch is not None and batch.recovered
+    assert batch.items == items(5)[:3]
+    again = await ReliableQueue(handle, source, "c1").take(100, 0.5, 0.1)
+    assert again is not None and again.id == batch.id and again.items == batch.items
+
+
+async def test_cancelled_take_loses_nothing(handle: RedisHandle, rc: redis.Redis, pfx: str) -> None:
+    source = f"{pfx}q"
+    q = ReliableQueue(handle, source, "c1")
+    rc.lpush(source, b"a")
+    with trio.move_on_after(0.2):  # cancelled while it tops up the batch
+        await q.take(100, max_wait=5.0, block=1.0)
+    rc.lpush(source, b"b")
+    batch = await q.take(100, max_wait=0.0, block=0.1)
+    assert batch is not None and batch.recovered and batch.items == [b"a"]
+    assert await q.ack(batch)
+    batch = await q.take(100, max_wait=0.0, block=0.1)
+    assert batch is not None and batch.items == [b"b"]
+
+
+async def test_stale_or_wrong_ack_does_nothing(
+    handle: RedisHandle, rc: redis.Redis, pfx: str
+) -> None:
+    source = f"{pfx}q"
+    produce(rc, source, items(10))
+    q = ReliableQueue(handle, source, "c1")
+    batch = await q.take(4, 0.0, 0.1)
+    assert batch is not None
+    dead = [DeadLetter(f"{pfx}dead", b"x", "nope", "test")]
+    assert not await q.ack(attrs.evolve(batch, id="not-the-id"), dead)
+    assert await q.processing_length() == 4 and rc.llen(f"{pfx}dead") == 0
+    assert await q.ack(batch)
+    assert await q.processing_length() == 0
+    assert not await q.ack(batch, dead)  # twice: already gone
+    assert rc.llen(f"{pfx}dead") == 0
+    # A stale ack of an old batch cannot remove the next one.
+    nxt = await q.take(4, 0.0, 0.1)
+    assert nxt is not None
+    assert not await q.ack(batch)
+    assert await q.processing_length() == 4
+
+
+async def test_dead_letters_are_pushed_with_the_ack(
+    handle: RedisHandle, rc: redis.Redis, pfx: str
+) -> None:
+    source = f"{pfx}q"
+    rc.lpush(source, b"good", b"\xffbad", b"worse")
+    q = ReliableQueue(handle, source, "c1")
+    batch = await q.take(10, 0.0, 0.1)
+    assert batch is not None and batch.items == [b"good", b"\xffbad", b"worse"]
+    dead = [
+        DeadLetter(f"{pfx}dead", batch.items[1], "not utf-8", "votes"),
+        DeadLetter(f"{pfx}dead2", batch.items[2], "other list", "votes"),
+    ]
+    assert await q.ack(batch, dead)
+    assert [DeadLetter.decode(f"{pfx}dead", raw) for raw in rc.lrange(f"{pfx}dead", 0, -1)] == [
+        dead[0]
+    ]
+    assert rc.lrange(f"{pfx}dead2", 0, -1) == [dead[1].encode()]
+    assert await q.processing_length() == 0
+
+
+# -- heartbeat, orphans and reclaim --------------------------------------------------
+
+
+async def test_heartbeat_registry_and_clean_close(
+    handle: RedisHandle, rc: redis.Redis, pfx: str
+) -> None:
+    source = f"{pfx}q"
+    q = ReliableQueue(handle, source, "c1", heartbeat_ttl=0.3)
+    other = ReliableQueue(handle, source, "c2", heartbeat_ttl=0.3)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(q.serve_heartbeat)
+        assert rc.sismember(f"{source}:consumers", "c1")
+        assert 0 < rc.pttl(f"{source}:consumer:c1") <= 300
+        await trio.sleep(0.5)  # beats outlive the TTL
+        assert rc.exists(f"{source}:consumer:c1")
+        assert await other.orphans() == []
+        nursery.cancel_scope.cancel()
+    await trio.sleep(0.35)
+    assert await other.orphans() == ["c1"]
+    assert await q.close()
+    assert not rc.sismember(f"{source}:consumers", "c1")
+    # With a batch in flight, close keeps the consumer visible to reclaim.
+    rc.lpush(source, b"x")
+    assert await q.take(10, 0.0, 0.1) is not None
+    assert not await q.close()
+    assert rc.sismember(f"{source}:consumers", "c1")
+
+
+async def test_claim_empty_orphan_deregisters_it(
+    handle: RedisHandle, rc: redis.Redis, pfx: str
+) -> None:
+    source = f"{pfx}q"
+    rc.sadd(f"{source}:consumers", "dead")
+    q = ReliableQueue(handle, source, "live")
+    assert await q.orphans() == ["dead"]
+    assert await q.claim_orphan("dead") is None
+    assert await q.orphans() == []
+    with pytest.raises(ValueError):
+        await q.claim_orphan("live")
+
+
+async def test_reclaim_while_the_dead_consumer_restarts(
+    handle: RedisHandle, rc: redis.Redis, pfx: str
+) -> None:
+    source = f"{pfx}q"
+    produced = items(40)
+    produce(rc, source, produced)
+    ledger = Ledger()
+
+    dead = ReliableQueue(handle, source, "a", heartbeat_ttl=0.2)
+    await dead.heartbeat()
+    lost = await dead.take(10, 0.0, 0.1)  # taken, then "kill -9"
+    assert lost is not None
+    await trio.sleep(0.25)
+
+    b = ReliableQueue(handle, source, "b", heartbeat_ttl=0.2)
+    c = ReliableQueue(handle, source, "c", heartbeat_ttl=0.2)
+    assert await b.orphans() == ["a"]
+    claimed = await b.claim_orphan("a")
+    assert claimed == Batch(lost.id, lost.items, "a", recovered=True)
+    assert await c.claim_orphan("a") is None  # one claimer at a time
+    assert await c.orphans() == []
+    assert rc.get(f"{source}:consumer:a") == b"reclaimed-by:b"
+
+    # "a" restarts under the same id and finds its own batch: both hold it.
+    restarted = ReliableQueue(handle, source, "a", heartbeat_ttl=0.2)
+    await restarted.heartbeat()
+    own = await restarted.take(10, 0.0, 0.1)
+    assert own is not None and own.id == lost.id and own.recovered
+
+    assert ledger.apply(own)
+    assert await restarted.ack(own)
+    assert not ledger.apply(claimed)  # the ledger says: done already
+    assert not await b.ack(claimed)  # and its ack is a no-op
+    assert rc.sismember(f"{source}:consumers", "a")  # "a" is alive: stays registered
+
+    ledger.assert_exactly_once(produced[:10])
+    await drain(restarted, ledger)
+    ledger.assert_exactly_once(produced)
+
+
+async def test_reclaimed_batch_acked_by_claimer_deregisters_orphan(
+    handle: RedisHandle, rc: redis.Redis, pfx: str
+) -> None:
+    source = f"{pfx}q"
+    produce(rc, source, items(10))
+    dead = ReliableQueue(handle, source, "a", heartbeat_ttl=0.1)
+    await dead.heartbeat()
+    assert await dead.take(10, 0.0, 0.1) is not None
+    await trio.sleep(0.15)
+    b = ReliableQueue(handle, source, "b")
+    claimed = await b.claim_orphan("a")
+    assert claimed is not None
+    dl = [DeadLetter(f"{pfx}dead", claimed.items[0], "bad", "t")]
+    assert await b.ack(claimed, dl)
+    assert rc.llen(f"{pfx}dead") == 1
+    assert not rc.sismember(f"{source}:consumers", "a")
+    assert not rc.exists(f"{source}:consumer:a", f"{source}:processing:a")
+    # The restarted "a" finds nothing of the old batch.
+    back = await ReliableQueue(handle, source, "a").take(10, 0.0, 0.05)
+    assert back is None
+
+
+async def test_claim_seals_a_stalled_consumers_batch(
+    handle: RedisHandle, rc: redis.Redis, pfx: str
+) -> None:
+    """A consumer whose heartbeat lapsed (stalled, not dead) is reclaimed mid-fill.
+
+    The claim seals the batch: the stalled consumer adds nothing after it, so
+    both hold the same items under the same id and the ledger lets one through.
+    """
+    source = f"{pfx}q"
+    rc.lpush(source, b"first")
+    stalled = ReliableQueue(handle, source, "a", heartbeat_ttl=0.2)  # never beats
+    b = ReliableQueue(handle, source, "b", heartbeat_ttl=0.2)
+    ledger = Ledger()
+    async with trio.open_nursery() as nursery:
+        result: list[Batch | None] = []
+
+        async def take() -> None:
+            result.append(await stalled.take(100, max_wait=2.0, block=1.0))
+
+        nursery.start_soon(take)
+        await trio.sleep(0.1)  # "a" holds [first] and polls for more
+        assert await b.orphans() == ["a"]
+        claimed = await b.claim_orphan("a")
+        assert claimed is not None and claimed.items == [b"first"]
+        rc.lpush(source, b"second", b"third")  # "a" must not add these now
+    (mine,) = result
+    assert mine == Batch(claimed.id, [b"first"], "a", recovered=True)
+    assert ledger.apply(claimed) and not ledger.apply(mine)
+    assert await b.ack(claimed) and not await stalled.ack(mine)
+    await drain(stalled, ledger)
+    ledger.assert_exactly_once([b"first", b"second", b"third"])
+
+
+@pytest.mark.slow
+async def test_chaos_crashes_restarts_and_reclaims(
+    handle: RedisHandle, rc: redis.Redis, pfx: str
+) -> None:
+    """Three consumers crash at random points, restart or not, and reclaim each other."""
+    source = f"{pfx}q"
+    produced = items(6000)
+    ledger = Ledger()
+    rng = random.Random(7)
+    ttl = 0.15
+    crashes = Counter[str]()
+
+    async def producer() -> None:
+        for start in range(0, len(produced), 200):
+            await trio.to_thread.run_sync(produce, rc, source, produced[start : start + 200])
+            await trio.sleep(0.01)
+
+    def crash(point: str) -> bool:
+        hit = rng.random() < 0.08
+        if hit:
+            crashes[point] += 1
+        return hit
+
+    async def process(q: ReliableQueue, batch: Batch) -> bool:
+        """Apply and ack; False if the process "died" on the way."""
+        if crash("before-apply"):
+            return False
+        ledger.apply(batch)
+        await trio.lowlevel.checkpoint()
+        if crash("before-ack"):
+            return False
+        await q.ack(batch)
+        return True
+
+    async def life(name: str) -> None:
+        """One process: runs until it "crashes", then the next one starts."""
+        q = ReliableQueue(handle, source, name, heartbeat_ttl=ttl, block_slice=0.05)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(q.serve_heartbeat)
+            while len(ledger.items) < len(produced):
+                batch = await q.take(rng.choice([1, 7, 50, 200]), 0.005, 0.05)
+                if batch is None:
+                    for orphan in await q.orphans():
+                        claimed = await q.claim_orphan(orphan)
+                        if claimed is not None and not await process(q, claimed):
+                            nursery.cancel_scope.cancel()
+                            return
+                    continue
+                if not await process(q, batch):
+                    nursery.cancel_scope.cancel()  # kill -9: the heartbeat stops too
+                    return
+            nursery.cancel_scope.cancel()
+
+    async def consumer(name: str) -> None:
+        while len(ledger.items) < len(produced):
+            await life(name)
+            # Back at once (finds its own batch), or after others may have reclaimed it.
+            await trio.sleep(rng.choice([0.0, 0.0, ttl * 2]))
+
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer)
+            for name in ["a", "b", "c"]:
+                nursery.start_soon(consumer, name)
+    ledger.assert_exactly_once(produced)
+    assert sum(crashes.values()) > 5, crashes
+    assert ledger.skipped > 0  # some batches really were replayed
+    assert rc.llen(source) == 0
+    # Everything applied is also acked, or still in flight after a final crash:
+    # a last drain by each consumer id finishes it.
+    for name in ["a", "b", "c"]:
+        await drain(ReliableQueue(handle, source, name), ledger)
+    ledger.assert_exactly_once(produced)
+    assert_drained(rc, source)
+
+
+async def test_concurrent_producers_and_two_consumers(
+    handle: RedisHandle, rc: redis.Redis, pfx: str
+) -> None:
+    source = f"{pfx}q"
+    per_thread, threads = 5000, 4
+    produced_by = [items(per_thread, tag=f"p{t}-") for t in range(threads)]
+    produced = [item for chunk in produced_by for item in chunk]
+    ledger = Ledger()
+    order_by_producer: dict[str, list[bytes]] = {}
+
+    def producer(values: list[bytes]) -> None:
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            for start in range(0, len(values), 25):
+                with client.pipeline(transaction=False) as pipe:
+                    for item in values[start : start + 25]:
+                        pipe.lpush(source, item)
+                    pipe.execute()
+        finally:
+            client.close()
+
+    async def consume(name: str) -> None:
+        q = ReliableQueue(handle, source, name)
+        while len(ledger.items) < len(produced):
+            batch = await q.take(300, 0.01, 0.1)
+            if batch is None:
+                continue
+            assert ledger.apply(batch)
+            for item in batch.items:
+                order_by_producer.setdefault(item.split(b"-")[0].decode(), []).append(item)
+            assert await q.ack(batch)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for values in produced_by:
+                nursery.start_soon(trio.to_thread.run_sync, producer, values)
+            nursery.start_soon(consume, "c1")
+            nursery.start_soon(consume, "c2")
+    ledger.assert_exactly_once(produced)
+    assert_drained(rc, source)
+    # Each producer's items were taken in its push order (batches interleave
+    # between consumers, but each batch is a contiguous oldest-first slice).
+    assert len(order_by_producer) == threads
+
+
+# -- Redis going away ----------------------------------------------------------------
+
+
+def _named_handle(name: str, retries: int) -> RedisHandle:
+    client = redis.Redis.from_url(
+        REDIS_URL,
+        client_name=name,
+        socket_timeout=5,
+        retry=Retry(NoBackoff(), retries),
+    )
+    return RedisHandle(REDIS_URL, client, trio.CapacityLimiter(4))
+
+
+def _kill_clients(rc: redis.Redis, name: str) -> int:
+    """CLIENT KILL our own connections only (other test suites share this Redis)."""
+    killed = 0
+    for info in rc.client_list():
+        if info.get("name") == name:
+            killed += rc.client_kill_filter(_id=info["id"])
+    return killed
+
+
+async def test_connection_killed_raises_then_recovers(rc: redis.Redis, pfx: str) -> None:
+    source = f"{pfx}q"
+    name = f"syncd-test-{uuid.uuid4().hex[:8]}"
+    handle = _named_handle(name, retries=0)
+    try:
+        q = ReliableQueue(handle, source, "c1")
+        produce(rc, source, items(5))
+        batch = await q.take(5, 0.0, 0.1)
+        assert batch is not None
+        # Killed while blocked in BLMOVE (the source is empty): Redis is "away".
+        async with trio.open_nursery() as nursery:
+
+            async def kill() -> None:
+                await trio.sleep(0.2)
+                assert await trio.to_thread.run_sync(_kill_clients, rc, name) >= 1
+
+            nursery.start_soon(kill)
+            assert await q.ack(batch)
+            with pytest.raises(RedisUnavailable):
+                await q.take(5, 0.0, 1.0)
+        # Back: nothing lost, the next take works on a fresh connection.
+        produce(rc, source, items(10)[5:])
+        ledger = Ledger()
+        await drain(q, ledger)
+        ledger.assert_exactly_once(items(10)[5:])
+    finally:
+        handle.close()
+
+
+@attrs.define
+class FaultyProxy:
+    """A TCP proxy to Redis that can swallow replies or refuse connections.
+
+    ``drop_replies(n)`` / ``drop_rate``: the next n server replies, or that
+    fraction of them, are dropped and their connections cut, so the command
+    ran but the client never hears it; the client retries, and the command
+    runs again (the replay hazard). ``down``:
+    cut every connection and refuse new ones (an outage).
+    """
+
+    target: tuple[str, int] = ("127.0.0.1", 6379)
+    down: bool = False
+    drop_rate: float = 0.0
+    dropped: int = 0
+    _rng: random.Random = attrs.Factory(lambda: random.Random(11))
+    _to_drop: int = 0
+    _lock: threading.Lock = attrs.Factory(threading.Lock)
+    _listener: socket.socket = attrs.field(init=False)
+    _socks: set[socket.socket] = attrs.Factory(set)
+    _threads: list[threading.Thread] = attrs.Factory(list)
+
+    def __attrs_post_init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._spawn(self._accept)
+
+    @property
+    def url(self) -> str:
+        db = REDIS_URL.rsplit("/", 1)[-1] if REDIS_URL.count("/") > 2 else "0"
+        return f"redis://127.0.0.1:{self._listener.getsockname()[1]}/{db}"
+
+    def drop_replies(self, n: int = 1) -> None:
+        """Drop the next ``n`` replies (not cumulative: re-arming does not pile up)."""
+        with self._lock:
+            self._to_drop = max(self._to_drop, n)
+
+    def set_down(self, down: bool) -> None:
+        self.down = down
+        if down:
+            self._close_all()
+
+    def close(self) -> None:
+        _shut(self._listener)  # shutdown() is what wakes a blocked accept()
+        self._close_all()
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+    def _spawn(self, fn: object, *args: object) -> None:
+        thread = threading.Thread(target=fn, args=args, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+
+    def _close_all(self) -> None:
+        with self._lock:
+            socks, self._socks = list(self._socks), set()
+        for sock in socks:
+            _shut(sock)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.down:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._socks |= {client, server}
+            self._spawn(self._pump, client, server, False)
+            self._spawn(self._pump, server, client, True)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if replies and self._take_drop():
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        with self._lock:
+            self._socks -= {src, dst}
+        _shut(src)
+        _shut(dst)
+
+    def _take_drop(self) -> bool:
+        with self._lock:
+            if self._to_drop > 0 or self._rng.random() < self.drop_rate:
+                self._to_drop = max(0, self._to_drop - 1)
+                self.dropped += 1
+                return True
+        return False
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[FaultyProxy]:
+    p = FaultyProxy()
+    yield p
+    p.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("retries", [0, 3], ids=["caller-retries", "redis-py-retries"])
+async def test_lost_replies_are_replayed_safely(
+    proxy: FaultyProxy, rc: redis.Redis, pfx: str, retries: int
+) -> None:
+    """Replies cut at random while producers and two consumers run: still exactly once.
+
+    A command whose reply was lost may have run. With redis-py retries on, it
+    runs again at once (every script may run twice); with them off the caller
+    gets RedisUnavailable and retries the whole take/ack. The fill, recover
+    and ack scripts must come out right either way.
+    """
+    source = f"{pfx}q"
+    client = redis.Redis.from_url(
+        proxy.url, socket_timeout=5, max_connections=8, retry=Retry(NoBackoff(), retries)
+    )
+    handle = RedisHandle(proxy.url, client, trio.CapacityLimiter(8))
+    produced = items(15000)
+    ledger = Ledger()
+    unavailable = 0
+
+    async def consume(name: str) -> None:
+        nonlocal unavailable
+        q = ReliableQueue(handle, source, name, block_slice=0.05)
+        while len(ledger.items) < len(produced):
+            try:
+                max_items = rng.choice([1, 10, 100])
+                batch = await q.take(max_items, 0.005, 0.05)
+                if batch is not None:
+                    # A replayed BLMOVE may add an item beyond max_items; the
+                    # fill script itself never overfills, even when replayed.
+                    assert len(batch) <= max_items + 3 or batch.recovered
+                    ledger.apply(batch)
+                    await q.ack(batch)  # False after a replay: fine
+            except RedisUnavailable:
+                unavailable += 1
+                await trio.sleep(0.01)
+
+    rng = random.Random(3)
+    proxy.drop_rate = 0.03
+    try:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for start in range(0, len(produced), 500):
+                    nursery.start_soon(
+                        trio.to_thread.run_sync, produce, rc, source, produced[start : start + 500]
+                    )
+                nursery.start_soon(consume, "c1")
+                nursery.start_soon(consume, "c2")
+    finally:
+        proxy.drop_rate = 0.0
+        handle.close()
+    assert proxy.dropped >= 20
+    if retries == 0:
+        assert unavailable > 0
+    ledger.assert_exactly_once(produced)
+    assert rc.llen(source) == 0
+
+
+async def test_outage_then_recovery_loses_nothing(
+    proxy: FaultyProxy, rc: redis.Redis, pfx: str
+) -> None:
+    source = f"{pfx}q"
+    client = redis.Redis.from_url(proxy.url, socket_timeout=2, retry=Retry(NoBackoff(), 1))
+    handle = RedisHandle(proxy.url, client, trio.CapacityLimiter(4))
+    produced = items(300)
+    produce(rc, source, produced)
+    ledger = Ledger()
+    try:
+        q = ReliableQueue(handle, source, "c1")
+        batch = await q.take(100, 0.0, 0.1)
+        assert batch is not None
+        ledger.apply(batch)
+        proxy.set_down(True)
+        with pytest.raises(RedisUnavailable):
+            await q.ack(batch)
+        with pytest.raises(RedisUnavailable):
+            await q.take(100, 0.0, 0.1)
+        proxy.set_down(False)
+        # The un-acked batch comes back (applied already: the ledger skips it).
+        again = await q.take(100, 0.0, 0.1)
+        assert again is not None and again.id == batch.id and again.recovered
+        assert not ledger.apply(again)
+        assert await q.ack(again)
+        await drain(q, ledger)
+    finally:
+        handle.close()
+    ledger.assert_exactly_once(produced)
+    assert_drained(rc, source)
