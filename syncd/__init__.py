@@ -19,6 +19,7 @@ from syncd.errors import (
     SyncdError,
     TransientError,
 )
+from syncd.faults import crash_point
 from syncd.gate import PauseGate
 from syncd.hookspecs import hookimpl
 from syncd.metrics import PluginMetrics
@@ -61,5 +62,6 @@ __all__ = [
     "Workload",
     "WorkloadEnv",
     "__version__",
+    "crash_point",
     "hookimpl",
 ]

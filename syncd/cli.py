@@ -203,5 +203,93 @@ def flush(config_path: str | None, plugin: str) -> None:
         sys.exit(1)
 
 
+# -- proving it: benchmarks and chaos (bodies in syncd.harness) ----------------------
+
+plugin_option = click.option(
+    "--plugin", "plugins", multiple=True, metavar="NAME",
+    help="A plugin to run (repeatable; default: every installed plugin with a workload).",
+)
+database_option = click.option(
+    "--database", "databases", multiple=True, metavar="pg|mysql|URL",
+    help="A database to run against (repeatable; default: both pg and mysql).",
+)
+redis_option = click.option(
+    "--redis", "redis_url", default=None, metavar="URL",
+    help="Redis to use (default: redis://127.0.0.1:6379/0 or SYNCD_TEST_REDIS_URL).",
+)
+out_option = click.option(
+    "--out", type=click.Path(file_okay=False), default="bench/results",
+    show_default=True, help="Folder for the result files.",
+)
+
+
+@main.command()
+@plugin_option
+@database_option
+@click.option("-n", "--items", type=click.IntRange(1), default=20_000, show_default=True,
+              help="Items per run.")
+@click.option("--repeat", type=click.IntRange(1), default=1, show_default=True,
+              help="Rounds of syncd, baseline, ceiling (interleaved; rates are medians).")
+@redis_option
+@out_option
+def bench(plugins: tuple[str, ...], databases: tuple[str, ...], items: int, repeat: int,
+          redis_url: str | None, out: str) -> None:
+    """Measure each plugin against its seed's algorithm and the database's ceiling.
+
+    For every plugin x database, on the same N items: syncd (the real daemon,
+    in-process, draining N pre-loaded items), the seed's algorithm, and the
+    raw database ceiling. Prints a table with the ratios, checks syncd's
+    tally, and writes <out>/<UTC timestamp>.md, .json and .png. Exit 1 if a
+    tally was wrong.
+    """
+    from pathlib import Path
+
+    from syncd.harness.bench import BenchOptions
+    from syncd.harness.commands import bench_main
+
+    options = BenchOptions(plugins=plugins, databases=databases, items=items, repeat=repeat,
+                           **({"redis_url": redis_url} if redis_url else {}))
+    sys.exit(bench_main(options, Path(out)))
+
+
+@main.command()
+@plugin_option
+@database_option
+@click.option("--kills", type=click.IntRange(0), default=20, show_default=True,
+              help="SIGKILL + restart cycles per plugin x database.")
+@click.option("--rate", type=click.FloatRange(min=1), default=2000, show_default=True,
+              help="Items produced per second meanwhile.")
+@click.option("--duration-cap", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="Seconds after which no more faults are injected (per plugin x database).")
+@click.option("--drain-timeout", type=click.FloatRange(min=1), default=120, show_default=True,
+              help="Seconds syncd may take to drain once producers stop.")
+@click.option("--seed", type=int, default=None, help="Seed of the random schedule (replay).")
+@redis_option
+@out_option
+def chaos(plugins: tuple[str, ...], databases: tuple[str, ...], kills: int, rate: float,
+          duration_cap: float, drain_timeout: float, seed: int | None, redis_url: str | None,
+          out: str) -> None:
+    """Kill syncd in every way under load, then check every item arrived exactly once.
+
+    Producers run at --rate while `syncd serve` is SIGKILLed and restarted,
+    its database and Redis connections are killed from the server side, and
+    the plugin is paused and resumed. Then syncd drains, must exit 0 on
+    SIGTERM, and the tally must show nothing lost or doubled. Writes
+    <out>/chaos-<UTC timestamp>.md and .json. Exit 1 on any loss or duplicate.
+    """
+    from pathlib import Path
+
+    from syncd.harness.chaos import ChaosOptions
+    from syncd.harness.commands import chaos_main
+
+    options = ChaosOptions(
+        plugins=plugins, databases=databases, kills=kills, rate=rate,
+        duration_cap=duration_cap, drain_timeout=drain_timeout,
+        **({"seed": seed} if seed is not None else {}),
+        **({"redis_url": redis_url} if redis_url else {}),
+    )
+    sys.exit(chaos_main(options, Path(out)))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -84,7 +84,7 @@ class RedisConfig:
     pool_size: Connections (and worker threads) for Redis.
     """
 
-    url: str = "redis://localhost:6379/0"
+    url: str = attrs.field(default="redis://localhost:6379/0", repr=mask_url)
     pool_size: int = attrs.field(default=16, validator=_positive)
 
 
@@ -130,14 +130,18 @@ class Config:
     """
 
     redis: RedisConfig = attrs.Factory(RedisConfig)
-    databases: dict[str, str] = attrs.Factory(lambda: {"default": "sqlite:///syncd.sqlite3"})
+    databases: dict[str, str] = attrs.field(
+        factory=lambda: {"default": "sqlite:///syncd.sqlite3"},
+        repr=lambda dbs: repr({name: mask_url(url) for name, url in dbs.items()}),
+    )
     http: HttpConfig = attrs.Factory(HttpConfig)
     shutdown_grace: Duration = Duration(30)
     log_level: str = attrs.field(
         default="info",
         validator=attrs.validators.in_(["debug", "info", "warning", "error", "critical"]),
     )
-    log_format: str = attrs.field(default="logfmt", validator=attrs.validators.in_(["logfmt", "json"]))
+    log_format: str = attrs.field(
+        default="logfmt", validator=attrs.validators.in_(["logfmt", "json"]))
     instance: str = attrs.Factory(socket.gethostname)
     restart_backoff_max: Duration = Duration(30)
     plugins: dict[str, dict[str, Any]] | None = None
@@ -359,7 +363,13 @@ def structure(cls: type[T], data: object, path: str = "") -> T:
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(_blame(exc, path, kwargs), _problem(exc)) from None
+        key, problem = _blame(exc, path), _problem(exc)
+        # attrs' stock validators say "'batch_size' must be > 0: 0".
+        named = re.match(r"^'(\w+)' (.*)$", problem)
+        if named and named.group(1) in public and key == (path or "config"):
+            key = f"{path}.{named.group(1)}" if path else named.group(1)
+            problem = named.group(2)
+        raise ConfigError(key, problem) from None
 
 
 def _structure_value(tp: Any, value: Any, path: str) -> Any:
@@ -432,7 +442,7 @@ _BOOLS = {"true": True, "yes": True, "on": True, "1": True,
           "false": False, "no": False, "off": False, "0": False}
 
 
-def _blame(exc: Exception, path: str, kwargs: Mapping[str, Any]) -> str:
+def _blame(exc: Exception, path: str) -> str:
     """Name the key an attrs validator complained about, when it says."""
     if len(exc.args) >= 2 and isinstance(exc.args[1], attrs.Attribute):
         name = exc.args[1].alias or exc.args[1].name

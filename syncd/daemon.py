@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -66,6 +66,7 @@ class Daemon:
     _shutdown: trio.Event = attrs.Factory(trio.Event)
     _http_stop: trio.Event = attrs.Factory(trio.Event)
     _supervisor_done: trio.Event = attrs.Factory(trio.Event)
+    _probes: dict[str, _Probe] = attrs.Factory(dict)
 
     @classmethod
     def build(cls, config: Config, pm: pluggy.PluginManager) -> Daemon:
@@ -205,29 +206,66 @@ class Daemon:
     def runner(self, name: str) -> PluginRunner | None:
         return self.runners.get(name)
 
-    async def check_backends(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
-        """Probe Redis and every database, each with its own short timeout."""
-        results: dict[str, dict[str, Any]] = {}
+    async def check_backends(
+        self, timeout: float = 2.0, *, nursery: trio.Nursery | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Probe Redis and every database in parallel; answer within ``timeout``.
 
-        async def probe(key: str, ping: Any) -> None:
-            started = trio.current_time()
-            ok, error = False, None
-            with trio.move_on_after(timeout) as scope:
-                try:
-                    await ping()
-                    ok = True
-                except Exception as exc:
-                    error = str(exc)
-            if scope.cancelled_caught:
-                error = f"no answer within {timeout}s"
-            results[key] = {
-                "ok": ok,
-                "latency_ms": round((trio.current_time() - started) * 1000, 2),
-                **({"error": error} if error else {}),
-            }
+        A probe's driver call runs in a worker thread, which no cancel scope can
+        interrupt (threads are never abandoned), so each probe is its own task in
+        ``nursery``: when it does not answer in time it is reported as such while
+        it finishes in the background, bounded by the driver's socket timeouts.
+        Pass a nursery that outlives the call (the control plane does) to get the
+        answer on time even then; without one, the call still reports the probe
+        as timed out but returns only once it is done. At most one probe per
+        backend is in flight: concurrent callers share it, so a hung backend
+        cannot pile up threads.
+        """
+        if nursery is None:
+            async with trio.open_nursery() as own:
+                return await self.check_backends(timeout, nursery=own)
+        pings: dict[str, Callable[[], Awaitable[None]]] = {"redis": self.redis.ping}
+        pings.update({f"database:{name}": db.ping for name, db in self.databases.items()})
+        probes = {key: self._probe(key, ping, nursery) for key, ping in pings.items()}
+        with trio.move_on_after(timeout):
+            for probe in probes.values():
+                await probe.done.wait()
+        return {key: probe.report(timeout) for key, probe in probes.items()}
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(probe, "redis", self.redis.ping)
-            for name, db in self.databases.items():
-                nursery.start_soon(probe, f"database:{name}", db.ping)
-        return results
+    def _probe(
+        self, key: str, ping: Callable[[], Awaitable[None]], nursery: trio.Nursery
+    ) -> _Probe:
+        probe = self._probes.get(key)
+        if probe is None:
+            probe = self._probes[key] = _Probe(trio.current_time())
+            nursery.start_soon(probe.run, ping, lambda: self._probes.pop(key, None))
+        return probe
+
+
+@attrs.define(eq=False)
+class _Probe:
+    """One in-flight backend probe, shared by every caller that asks meanwhile."""
+
+    started: float
+    done: trio.Event = attrs.Factory(trio.Event)
+    result: dict[str, Any] | None = None
+
+    async def run(self, ping: Callable[[], Awaitable[None]], forget: Callable[[], None]) -> None:
+        try:
+            await ping()
+        except Exception as exc:  # any failure at all means "not ready"
+            self.result = self._answer(False, str(exc) or type(exc).__name__)
+        else:
+            self.result = self._answer(True)
+        finally:
+            forget()
+            self.done.set()
+
+    def report(self, timeout: float) -> dict[str, Any]:
+        if self.result is not None:
+            return self.result
+        return self._answer(False, f"no answer within {timeout:g}s")
+
+    def _answer(self, ok: bool, error: str | None = None) -> dict[str, Any]:
+        latency = round((trio.current_time() - self.started) * 1000, 2)
+        return {"ok": ok, "latency_ms": latency, **({"error": error} if error else {})}

@@ -50,7 +50,11 @@ def get_plugin_manager(
         pm.load_setuptools_entrypoints(hookspecs.PROJECT)
     for plugin in extra:
         pm.register(plugin)
-    pm.check_pending()
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        # A misspelled hook would otherwise be silently ignored forever.
+        raise ConfigError(f"plugin {pm.get_name(exc.plugin)}", str(exc)) from None
     return pm
 
 

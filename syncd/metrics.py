@@ -30,7 +30,7 @@ STATES = ("starting", "running", "paused", "failed", "stopping", "stopped")
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-@attrs.define
+@attrs.define(slots=False)  # the series are set in __attrs_post_init__
 class Metrics:
     """The daemon's registry and the core's own series."""
 

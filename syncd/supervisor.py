@@ -90,6 +90,7 @@ class PluginRunner:
     _intake: trio.CancelScope = attrs.Factory(trio.CancelScope)
     _flush_deadline: float = math.inf
     _backoff: float = BACKOFF_INITIAL
+    log: Any = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.log = plugin_logger(self.name)
@@ -282,11 +283,15 @@ class PluginRunner:
         self.metrics.set_state(self.name, state)
 
     def _emit(self, hook: str, **kwargs: Any) -> None:
-        """Call event listeners; a broken listener is logged, never fatal."""
-        try:
-            getattr(self.hook, hook)(**kwargs)
-        except Exception:
-            self.log.exception("event listener failed", extra={"event": hook})
+        """Call each event listener on its own: a broken one is logged and
+        neither stops the plugin nor keeps the event from the others (a plain
+        pluggy call would stop at the first exception)."""
+        for impl in reversed(getattr(self.hook, hook).get_hookimpls()):
+            try:
+                impl.function(*(kwargs[name] for name in impl.argnames))
+            except Exception:
+                self.log.exception("event listener failed",
+                                   extra={"event": hook, "listener": impl.plugin_name})
 
     def status(self) -> dict[str, Any]:
         """What /plugins and `syncd` status commands show."""

@@ -89,6 +89,10 @@ class Workload:
         ceiling: ``ceiling(env, produced)`` writes the same rows to the
             database with nothing else in the way, or None.
         teardown: Drops what ``setup`` made.
+        dialects: The database dialects the plugin can write to, the one its
+            seed used first (e.g. ``("mysql", "postgresql")``); empty means
+            any. The harness skips other databases and runs CI's short chaos
+            on the first.
     """
 
     plugin: str
@@ -101,3 +105,4 @@ class Workload:
     baseline: Callable[[WorkloadEnv, int], None] | None = None
     ceiling: Callable[[WorkloadEnv, int], None] | None = None
     teardown: Callable[[WorkloadEnv], None] | None = None
+    dialects: tuple[str, ...] = ()

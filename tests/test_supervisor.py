@@ -1,0 +1,202 @@
+"""The supervisor: crash isolation, restart with backoff, pause, flush, shutdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+import trio
+
+import syncd
+from syncd.supervisor import NotRunning
+from syncd.testing import daemon_config, run_daemon, wait_for
+
+import probe_plugin  # noqa: I001 - tests/conftest.py puts it on sys.path
+
+
+class Listener:
+    """Records every lifecycle event, as a plugin observing them would."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, Any]] = []
+
+    @syncd.hookimpl
+    def syncd_worker_started(self, plugin: str, config: Any) -> None:
+        self.events.append(("worker_started", plugin, config))
+
+    @syncd.hookimpl
+    def syncd_worker_stopped(self, plugin: str) -> None:
+        self.events.append(("worker_stopped", plugin, None))
+
+    @syncd.hookimpl
+    def syncd_sync_success(self, plugin: str, result: syncd.SyncResult, duration: float) -> None:
+        self.events.append(("sync_success", plugin, result))
+
+    @syncd.hookimpl
+    def syncd_sync_error(self, plugin: str, error: BaseException) -> None:
+        self.events.append(("sync_error", plugin, error))
+
+    def names(self, plugin: str | None = None) -> list[str]:
+        return [e[0] for e in self.events if plugin is None or e[1] == plugin]
+
+
+class Twin:
+    """A second copy of the probe under another name, to check isolation."""
+
+    @syncd.hookimpl
+    def syncd_plugin(self) -> syncd.PluginSpec:
+        return syncd.PluginSpec(name="twin", config=probe_plugin.ProbeConfig,
+                                create=probe_plugin.ProbeWorker, uses_database=False)
+
+
+def counter(client: redis.Redis, key: str) -> int:
+    return int(client.get(key) or 0)
+
+
+class TestCrashes:
+    """One plugin's crash is its own business."""
+
+    async def test_crash_restarts_and_others_never_notice(
+        self, prefix: str, redis_client: redis.Redis
+    ) -> None:
+        listener = Listener()
+        config = daemon_config({
+            "probe": {"key": f"{prefix}:a", "crash_every": 3},
+            "twin": {"key": f"{prefix}:b"},
+        })
+        async with run_daemon(config, [probe_plugin, Twin(), listener]) as daemon:
+            probe, twin = daemon.runner("probe"), daemon.runner("twin")
+            await wait_for(lambda: probe.restarts >= 2, timeout=10)
+            assert counter(redis_client, f"{prefix}:a:starts") >= 2
+            assert probe.last_error["type"] == "RuntimeError"
+            assert "probe crashed after batch 3" in probe.last_error["message"]
+            assert twin.restarts == 0
+            assert twin.state == "running"
+            errors = [e for e in listener.events if e[0] == "sync_error"]
+            assert errors and all(e[1] == "probe" for e in errors)
+            assert isinstance(errors[0][2], RuntimeError)
+            assert "worker_stopped" in listener.names("probe")
+            restarts = daemon.metrics.registry.get_sample_value(
+                "syncd_plugin_restarts_total", {"plugin": "probe"})
+            assert restarts == probe.restarts
+
+    async def test_failing_start_does_not_block_the_daemon(
+        self, prefix: str, redis_client: redis.Redis
+    ) -> None:
+        config = daemon_config({
+            "probe": {"key": f"{prefix}:a", "fail_start": True},
+            "twin": {"key": f"{prefix}:b"},
+        })
+        async with run_daemon(config, [probe_plugin, Twin()]) as daemon:
+            probe = daemon.runner("probe")
+            assert probe.state == "failed"
+            assert daemon.supervisor.failed == ["probe"]
+            await wait_for(lambda: counter(redis_client, f"{prefix}:a:starts") >= 3)
+            # Backoff doubles from 0.5 s and is capped by restart_backoff_max (1 s here).
+            assert 2 <= probe.restarts <= 6
+            with pytest.raises(NotRunning):
+                await probe.flush()
+            assert daemon.runner("twin").state == "running"
+
+
+class TestPause:
+    """Pause stops intake at the next batch boundary, within a second."""
+
+    async def test_pause_and_resume(self, prefix: str, redis_client: redis.Redis) -> None:
+        config = daemon_config({"probe": {"key": f"{prefix}:a", "tick": "20ms"}})
+        async with run_daemon(config, [probe_plugin]) as daemon:
+            probe = daemon.runner("probe")
+            await wait_for(lambda: counter(redis_client, f"{prefix}:a:batches") >= 3)
+            probe.pause()
+            assert probe.status()["paused"] is True
+            assert probe.status()["state"] == "paused"
+            await trio.sleep(0.2)
+            frozen = counter(redis_client, f"{prefix}:a:batches")
+            await trio.sleep(0.8)
+            assert counter(redis_client, f"{prefix}:a:batches") == frozen
+            probe.resume()
+            assert probe.status()["state"] == "running"
+            await wait_for(lambda: counter(redis_client, f"{prefix}:a:batches") > frozen + 2,
+                           timeout=1)
+
+
+class TestFlush:
+    """Flush on demand, on a timer, and one last time at shutdown."""
+
+    async def test_manual_flush_reports(self, prefix: str, redis_client: redis.Redis) -> None:
+        listener = Listener()
+        config = daemon_config({"probe": {"key": f"{prefix}:a", "tick": "1s"}})
+        async with run_daemon(config, [probe_plugin, listener]) as daemon:
+            probe = daemon.runner("probe")
+            result = await probe.flush()
+            assert result.detail == {"flushes": 1}
+            status = probe.status()
+            assert status["last_success"] is not None
+            assert status["items_synced"] >= 1
+            assert any(e[0] == "sync_success" and e[2] is result for e in listener.events)
+        # The final flush at shutdown is the second one.
+        assert counter(redis_client, f"{prefix}:a:flushes") == 2
+        assert probe.state == "stopped"
+
+    async def test_interval_timer(self, prefix: str, redis_client: redis.Redis) -> None:
+        config = daemon_config({"probe": {"key": f"{prefix}:a", "interval": "50ms"}})
+        async with run_daemon(config, [probe_plugin]):
+            await wait_for(lambda: counter(redis_client, f"{prefix}:a:flushes") >= 3, timeout=3)
+
+    async def test_backlog_is_polled(self, prefix: str) -> None:
+        config = daemon_config({"probe": {"key": f"{prefix}:a"}})
+        async with run_daemon(config, [probe_plugin]) as daemon:
+            await wait_for(lambda: daemon.runner("probe").backlog == 7)
+            assert daemon.metrics.registry.get_sample_value(
+                "syncd_backlog", {"plugin": "probe"}) == 7
+
+
+class TestShutdown:
+    """The final flush is shielded but bounded by shutdown_grace."""
+
+    async def test_slow_final_flush_is_cut_at_the_deadline(self, prefix: str) -> None:
+        config = daemon_config(
+            {"probe": {"key": f"{prefix}:a", "flush_delay": "30s"}}, shutdown_grace="300ms")
+        started = trio.current_time()
+        async with run_daemon(config, [probe_plugin]) as daemon:
+            pass
+        assert trio.current_time() - started < 5
+        assert daemon.runner("probe").state == "stopped"
+
+    async def test_cancelled_daemon_still_flushes(
+        self, prefix: str, redis_client: redis.Redis
+    ) -> None:
+        from syncd.config import parse_config
+        from syncd.daemon import Daemon
+        from syncd.manager import get_plugin_manager
+
+        config = parse_config(daemon_config({"probe": {"key": f"{prefix}:a"}}))
+        daemon = Daemon.build(config, get_plugin_manager([probe_plugin], autoload=False))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.serve)
+            nursery.cancel_scope.cancel()
+        assert counter(redis_client, f"{prefix}:a:flushes") == 1
+
+
+class TestEvents:
+    """Lifecycle events reach listeners in order; a broken listener is harmless."""
+
+    async def test_started_then_stopped(self, prefix: str) -> None:
+        listener = Listener()
+
+        class Broken:
+            @syncd.hookimpl
+            def syncd_sync_success(self, plugin: str, result: object, duration: float) -> None:
+                raise ValueError("listener bug")
+
+        config = daemon_config({"probe": {"key": f"{prefix}:a"}})
+        async with run_daemon(config, [probe_plugin, listener, Broken()]) as daemon:
+            await wait_for(lambda: daemon.runner("probe").batches >= 3)
+            assert daemon.runner("probe").restarts == 0
+        names = listener.names("probe")
+        assert names[0] == "worker_started"
+        assert names[-1] == "worker_stopped"
+        assert "sync_success" in names
+        started = listener.events[0][2]
+        assert isinstance(started, probe_plugin.ProbeConfig)
