@@ -144,6 +144,7 @@ class Config:
         default="logfmt", validator=attrs.validators.in_(["logfmt", "json"]))
     instance: str = attrs.Factory(socket.gethostname)
     restart_backoff_max: Duration = Duration(30)
+    ledger_retention: Duration = Duration(30 * 86400)
     plugins: dict[str, dict[str, Any]] | None = None
 
     def redacted(self) -> dict[str, Any]:
@@ -155,6 +156,7 @@ class Config:
             data["http"]["token"] = MASK
         data["shutdown_grace"] = float(self.shutdown_grace)
         data["restart_backoff_max"] = float(self.restart_backoff_max)
+        data["ledger_retention"] = float(self.ledger_retention)
         return data
 
 

@@ -42,6 +42,8 @@ log = get_logger("daemon")
 
 #: Seconds in-flight control-plane requests get once the plugins have stopped.
 HTTP_GRACE = 5.0
+#: Seconds between two prunings of the batch ledgers.
+LEDGER_PRUNE_EVERY = 3600.0
 
 
 @attrs.define(eq=False)
@@ -80,7 +82,8 @@ class Daemon:
         )
         databases = {
             name: open_database(
-                name, url, on_error=lambda exc, name=name: metrics.database_errors.labels(name).inc()
+                name, url,
+                on_error=lambda exc, name=name: metrics.database_errors.labels(name).inc(),
             )
             for name, url in config.databases.items()
         }
@@ -137,6 +140,7 @@ class Daemon:
                     await outer.start(self._watch_signals)
                 async with trio.open_nursery() as root:
                     await root.start(self._run_supervisor)
+                    outer.start_soon(self._prune_ledgers)
                     if self.config.http.enabled:
                         from syncd.control import serve_control_plane
 
@@ -158,6 +162,26 @@ class Daemon:
                     root.cancel_scope.deadline = trio.current_time() + HTTP_GRACE
                 outer.cancel_scope.cancel()
         log.info("syncd stopped")
+
+    async def _prune_ledgers(self) -> None:
+        """Keep the ledger tables from growing forever.
+
+        A ledger row must outlive any copy of its batch still in Redis, or a
+        late replay would apply twice; ``ledger_retention`` (30 days by
+        default) is far longer than a batch stays in flight.
+        """
+        while True:
+            await self.prune_ledgers_once()
+            await trio.sleep(LEDGER_PRUNE_EVERY)
+
+    async def prune_ledgers_once(self) -> int:
+        pruned = 0
+        for name, db in self.databases.items():
+            try:
+                pruned += await db.prune_ledger(float(self.config.ledger_retention))
+            except TransientError as exc:
+                log.debug("ledger not pruned", extra={"database": name, "error": str(exc)})
+        return pruned
 
     async def _run_supervisor(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -188,7 +212,9 @@ class Daemon:
         self.shutting_down = True
         self._shutdown.set()
 
-    async def _watch_signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _watch_signals(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             task_status.started()
             async for signum in signals:

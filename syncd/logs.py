@@ -62,7 +62,8 @@ def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger(ROOT).setLevel(level.upper())
-    logging.getLogger("hypercorn.error").setLevel(max(logging.INFO, logging.getLevelName(level.upper())))
+    hypercorn_level = max(logging.INFO, logging.getLevelName(level.upper()))
+    logging.getLogger("hypercorn.error").setLevel(hypercorn_level)
 
 
 class PluginLogger(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -73,7 +73,9 @@ class Worker(Protocol):
 
     interval: float | None
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None: ...
 
     async def flush(self) -> SyncResult: ...
 

@@ -181,7 +181,7 @@ class TestErrors:
 
     def test_unknown_plugin(self) -> None:
         config = parse_config({"plugins": {"demoo": {}}})
-        with pytest.raises(ConfigError, match="plugins.demoo: no such plugin is installed"):
+        with pytest.raises(ConfigError, match=r"plugins\.demoo: no such plugin is installed"):
             resolve_plugins(config, SPECS)
 
 
@@ -220,5 +220,5 @@ class TestSecrets:
 
 
 def test_structure_rejects_non_mapping() -> None:
-    with pytest.raises(ConfigError, match="plugins.demo: must be a mapping"):
+    with pytest.raises(ConfigError, match=r"plugins\.demo: must be a mapping"):
         structure(DemoOptions, ["x"], "plugins.demo")

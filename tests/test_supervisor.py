@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import probe_plugin
 import pytest
 import redis
 import trio
@@ -11,8 +12,6 @@ import trio
 import syncd
 from syncd.supervisor import NotRunning
 from syncd.testing import daemon_config, run_daemon, wait_for
-
-import probe_plugin  # noqa: I001 - tests/conftest.py puts it on sys.path
 
 
 class Listener:
@@ -200,3 +199,52 @@ class TestEvents:
         assert "sync_success" in names
         started = listener.events[0][2]
         assert isinstance(started, probe_plugin.ProbeConfig)
+
+
+class TestDaemonServices:
+    """What the root nursery offers besides the plugins."""
+
+    async def test_asyncio_libraries_can_run(self) -> None:
+        import asyncio
+
+        import attrs
+        import trio_asyncio
+
+        seen: list[str] = []
+
+        async def asyncio_only() -> str:
+            await asyncio.sleep(0.01)
+            return "from asyncio"
+
+        @attrs.define
+        class AsyncioWorker:
+            ctx: syncd.PluginContext
+            interval = None
+
+            async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+                seen.append(await trio_asyncio.aio_as_trio(asyncio_only)())
+                task_status.started()
+
+            async def flush(self) -> syncd.SyncResult:
+                return syncd.SyncResult()
+
+        class AsyncioPlugin:
+            @syncd.hookimpl
+            def syncd_plugin(self) -> syncd.PluginSpec:
+                return syncd.PluginSpec(name="aio", config=probe_plugin.ProbeConfig,
+                                        create=AsyncioWorker, uses_database=False)
+
+        async with run_daemon(daemon_config({"aio": {}}), [AsyncioPlugin()]) as daemon:
+            assert seen == ["from asyncio"]
+            assert daemon.runner("aio").restarts == 0
+
+    async def test_ledger_is_pruned(self, prefix: str, sqlite_url: str) -> None:
+        config = daemon_config({"probe": {"key": f"{prefix}:a"}}, {"default": sqlite_url},
+                               ledger_retention="0s")
+        async with run_daemon(config, [probe_plugin]) as daemon:
+            db = daemon.databases["default"]
+            applied, _ = await db.apply_batch("probe", "b1", lambda tx: None)
+            assert applied
+            await trio.sleep(1.1)  # SQLite timestamps have one-second resolution
+            assert await daemon.prune_ledgers_once() == 1
+            assert await db.ledger_entry("probe", "b1") is None
