@@ -1,0 +1,381 @@
+"""MySQL and MariaDB through PyMySQL (sync, in worker threads).
+
+pymysql always interpolates parameters on the client, so the fast path is to
+build multi-row statements ourselves — ``INSERT … VALUES (…), (…), …`` —
+escaping each row with the cursor's `mogrify` (which honours
+NO_BACKSLASH_ESCAPES), in chunks that stay far below ``max_allowed_packet``.
+That is what ``cursor.executemany`` does for plain INSERTs, but it also
+covers the MySQL 8 row-alias form and derived tables, which its regular
+expression does not recognise (it then falls back to one round trip per
+row: 8k rows/s instead of 100k).
+
+Increments of existing rows use ``UPDATE t JOIN (SELECT … UNION ALL …) v``,
+not ``INSERT … ON DUPLICATE KEY UPDATE``: in strict mode the latter fails
+with 1364 "Field doesn't have a default value" on tables with other NOT NULL
+columns even when every key exists. Measured on MariaDB 10.11 here: that
+path ~40-60k rows/s (a per-row ``UPDATE`` executemany: ~7.5k), the
+``insert_missing`` upsert ~70k, inserts on par with pymysql's executemany.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import attrs
+import pymysql
+import pymysql.err
+
+from syncd.sql.base import Database, Dialect, Transaction
+
+#: Rows per multi-row statement, and a character budget per statement (a
+#: quarter of max_allowed_packet, as a character may take 4 bytes in utf8mb4).
+MAX_ROWS_PER_STATEMENT = 5000
+MAX_STATEMENT_CHARS = 4 * 1024 * 1024
+
+_INTEGER_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "integer", "bigint"})
+
+#: Server error numbers meaning "away or refusing work for now" (the client's
+#: own 2xxx errors — can't connect, gone away, lost connection — are all in).
+_TRANSIENT_ERRNOS = frozenset({
+    1040,  # too many connections
+    1053,  # server shutdown in progress
+    1152, 1153, 1154, 1155, 1156, 1157, 1158, 1159, 1160, 1161,  # aborted / network
+    1205,  # lock wait timeout
+    1213,  # deadlock
+    1290, 1792,  # read-only server or transaction (failover)
+    1317,  # query interrupted (KILL QUERY)
+    1927,  # MariaDB: connection was killed
+    1969,  # MariaDB: max_statement_time exceeded
+    3024,  # MySQL: max_execution_time exceeded
+    4031,  # MySQL: disconnected by the server (idle timeout)
+})
+
+#: Server error numbers about the data of a row, beyond what pymysql already
+#: maps to DataError / IntegrityError.
+_ROW_ERRNOS = frozenset({
+    1048,  # column cannot be null
+    1292,  # truncated incorrect value
+    1364,  # field has no default value
+    1366,  # incorrect string / integer value
+    1406,  # data too long
+    3819,  # MySQL: check constraint violated
+    4025,  # MariaDB: check constraint failed
+})
+
+_URL_OPTIONS = {
+    "unix_socket": str,
+    "connect_timeout": float,
+    "read_timeout": float,
+    "write_timeout": float,
+}
+
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+
+@attrs.frozen
+class ServerInfo:
+    """What syncd needs to know about the server it talks to.
+
+    Attributes:
+        version: The ``VERSION()`` string.
+        mariadb: MariaDB rather than MySQL.
+        row_alias: Use ``VALUES (…) AS new … new.c`` rather than the
+            ``VALUES(c)`` function, deprecated since MySQL 8.0.20 (and a
+            syntax error on MariaDB).
+        max_statement_chars: Character budget of one statement.
+    """
+
+    version: str
+    mariadb: bool
+    row_alias: bool
+    max_statement_chars: int
+
+    @classmethod
+    def parse(cls, version: str, max_allowed_packet: int) -> ServerInfo:
+        mariadb = "mariadb" in version.lower()
+        match = _VERSION.search(version.removeprefix("5.5.5-"))
+        numbers = tuple(int(part) for part in match.groups()) if match else (0, 0, 0)
+        budget = max(64 * 1024, min(MAX_STATEMENT_CHARS, max_allowed_packet // 4 - 1024))
+        return cls(version, mariadb, not mariadb and numbers >= (8, 0, 20), budget)
+
+
+@attrs.define(eq=False)
+class MySQLTransaction(Transaction):
+    dialect: ClassVar[Dialect] = Dialect.MYSQL
+    quote_char: ClassVar[str] = "`"
+
+    def _conflict_do_nothing(self, cols_q: list[str]) -> str:
+        # Not INSERT IGNORE: that also turns data errors into warnings.
+        return f" ON DUPLICATE KEY UPDATE {cols_q[0]} = {cols_q[0]}"
+
+    # Rows are rendered as tuples of SQL literals: by the driver's mogrify for
+    # arbitrary values, by str() for the ints of increments (keys rendered
+    # once), which halves the Python time of a 50k-row increment.
+
+    def _literals(self, rows: Iterable[Sequence[Any]], width: int) -> Iterator[tuple[str, ...]]:
+        """Each row as one rendered ``a, b, c`` (a 1-tuple: one mogrify call per row)."""
+        mogrify = self._cursor().mogrify
+        pattern = ", ".join(["%s"] * width)
+        for row in rows:
+            yield (mogrify(pattern, tuple(row)),)
+
+    def _key_literal(self, key: int | str) -> str:
+        return str(key) if type(key) is int else self._cursor().mogrify("%s", (key,))
+
+    def _chunks(self, rows: Iterable[tuple[str, ...]]) -> Iterator[list[tuple[str, ...]]]:
+        """Group rendered rows into statements below the size budget."""
+        budget = self._db._server.max_statement_chars
+        chunk: list[tuple[str, ...]] = []
+        size = 0
+        for row in rows:
+            row_size = sum(map(len, row)) + 2 * len(row) + 2
+            if chunk and (size + row_size > budget or len(chunk) >= MAX_ROWS_PER_STATEMENT):
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(row)
+            size += row_size
+        if chunk:
+            yield chunk
+
+    def _execute_values(self, prefix: str, rows: Iterable[tuple[str, ...]], suffix: str) -> int:
+        """Run ``prefix (…), (…), … suffix`` in as few statements as fit; sum rowcounts."""
+        cur = self._cursor()
+        total = 0
+        for chunk in self._chunks(rows):
+            values = ", ".join(["(" + ", ".join(row) + ")" for row in chunk])
+            # No parameters: the values are escaped already, and pymysql
+            # leaves a query without args alone (no % interpolation).
+            total += cur.execute(prefix + values + suffix)
+        return total
+
+    @staticmethod
+    def _derived_table(rows: list[tuple[str, ...]], names: list[str]) -> str:
+        """``(SELECT a AS x, b AS y UNION ALL SELECT c, d …)`` from rendered rows.
+
+        Portable across MySQL 5.7/8 and MariaDB (each spells table value
+        constructors differently), and ~114k rows/s here.
+        """
+        head = ", ".join(f"{value} AS {name}" for value, name in zip(rows[0], names, strict=True))
+        rest = "".join([" UNION ALL SELECT " + ", ".join(row) for row in rows[1:]])
+        return f"(SELECT {head}{rest})"
+
+    def _insert_rows(self, table_q: str, cols_q: list[str], rows: list[tuple[Any, ...]]) -> int:
+        prefix = f"INSERT INTO {table_q} ({', '.join(cols_q)}) VALUES "
+        return self._execute_values(
+            prefix, self._literals(rows, len(cols_q)), self._conflict_do_nothing(cols_q)
+        )
+
+    def _upsert_increment(
+        self,
+        table_q: str,
+        key_q: str,
+        key_type: str,
+        cols_q: list[str],
+        keys: list[Any],
+        deltas: list[list[int]],
+    ) -> tuple[int, int]:
+        # Affected rows count 1 per inserted row and 2 per changed row, so
+        # with every delta non-zero, updated = affected - n. All-zero rows
+        # would count 0 when they exist; they go in a statement of their own
+        # that only inserts (affected = inserted).
+        prefix = f"INSERT INTO {table_q} ({key_q}, {', '.join(cols_q)}) VALUES "
+        changing: list[tuple[str, ...]] = []
+        still: list[tuple[str, ...]] = []
+        for key, row in zip(keys, deltas, strict=True):
+            (changing if any(row) else still).append((self._key_literal(key), *map(str, row)))
+        updated = inserted = 0
+        if changing:
+            if self._db._server.row_alias:
+                new = "`syncd_new`"
+                sets = ", ".join(f"{c} = COALESCE({c}, 0) + {new}.{c}" for c in cols_q)
+                suffix = f" AS {new} ON DUPLICATE KEY UPDATE {sets}"
+            else:
+                sets = ", ".join(f"{c} = COALESCE({c}, 0) + VALUES({c})" for c in cols_q)
+                suffix = f" ON DUPLICATE KEY UPDATE {sets}"
+            affected = self._execute_values(prefix, changing, suffix)
+            changed = min(max(affected - len(changing), 0), len(changing))
+            updated += changed
+            inserted += len(changing) - changed
+        if still:
+            new_rows = self._execute_values(prefix, still, self._conflict_do_nothing([key_q]))
+            inserted += new_rows
+            updated += len(still) - new_rows
+        return updated, inserted
+
+    def _update_existing(
+        self,
+        table_q: str,
+        key_q: str,
+        key_type: str,
+        cols_q: list[str],
+        keys: list[Any],
+        deltas: list[list[int]],
+    ) -> set[int]:
+        found: set[int] = set()
+        names = ["k"] + [f"d{i}" for i in range(len(cols_q))]
+        sets = ", ".join(
+            f"syncd_t.{c} = COALESCE(syncd_t.{c}, 0) + syncd_v.d{i}" for i, c in enumerate(cols_q)
+        )
+        literals = [self._key_literal(key) for key in keys]
+        for chunk in self._chunks((str(i), key) for i, key in enumerate(literals)):
+            # Lock the rows that exist (so they still exist when updated) and
+            # count them: usually all exist and one number is the whole answer
+            # (reading back one row per key would cost a third of the time).
+            derived = self._derived_table(chunk, ["i", "k"])
+            join = f"JOIN {table_q} AS syncd_t ON syncd_t.{key_q} = syncd_v.k"
+            ((count,),) = self.fetchall(
+                f"SELECT COUNT(*) FROM {derived} AS syncd_v {join} FOR UPDATE"
+            )
+            if count == 0:
+                continue
+            present = [int(i) for i, _ in chunk]
+            if count < len(chunk):
+                # Which ones are absent, by input index rather than by key, so
+                # nothing depends on how the server spells or compares keys.
+                absent = self.fetchall(
+                    f"SELECT syncd_v.i FROM {derived} AS syncd_v LEFT {join} "
+                    f"WHERE syncd_t.{key_q} IS NULL FOR UPDATE"
+                )
+                skip = {i for (i,) in absent}
+                present = [i for i in present if i not in skip]
+            found.update(present)
+            values = [(literals[i], *map(str, deltas[i])) for i in present]
+            self._cursor().execute(
+                f"UPDATE {table_q} AS syncd_t JOIN {self._derived_table(values, names)} "
+                f"AS syncd_v ON syncd_t.{key_q} = syncd_v.k SET {sets}"
+            )
+        return found
+
+    def _column_type(self, table: str, column: str) -> str:
+        schema, _, name = table.rpartition(".")
+        rows = self.fetchall(
+            "SELECT DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = "
+            "COALESCE(%s, DATABASE()) AND TABLE_NAME = %s AND COLUMN_NAME = %s",
+            (schema or None, name, column),
+        )
+        if not rows:
+            raise ValueError(f"column {column!r} not found in table {table!r}")
+        return str(rows[0][0]).lower()
+
+    def _is_integer_type(self, column_type: str) -> bool:
+        return column_type in _INTEGER_TYPES
+
+
+@attrs.define(eq=False)
+class MySQLDatabase(Database):
+    """MySQL or MariaDB: ``mysql://user:password@host:port/dbname`` (or ``mariadb://``)."""
+
+    dialect: ClassVar[Dialect] = Dialect.MYSQL
+    transaction_class: ClassVar[type[Transaction]] = MySQLTransaction
+    driver_error: ClassVar[type[BaseException]] = pymysql.MySQLError
+
+    _params: dict[str, Any] = attrs.field(init=False, factory=dict, repr=False)
+    _server: ServerInfo = attrs.field(
+        init=False, repr=False, factory=lambda: ServerInfo.parse("", 16 * 1024 * 1024)
+    )
+
+    def _parse_url(self) -> None:
+        parts = urlsplit(self.url)
+        database = unquote(parts.path.lstrip("/"))
+        if not database or "/" in database:
+            raise ValueError("a MySQL URL needs a database name: mysql://user:pass@host:port/db")
+        try:
+            port = parts.port or 3306
+        except ValueError:
+            raise ValueError("invalid port in MySQL URL") from None
+        params: dict[str, Any] = {
+            "host": parts.hostname or "localhost",
+            "port": port,
+            "user": unquote(parts.username) if parts.username else "root",
+            "password": unquote(parts.password) if parts.password else "",
+            "database": database,
+            "connect_timeout": self.connect_timeout,
+            # A statement may wait up to innodb_lock_wait_timeout (50 s); a
+            # peer that vanished must not hold a thread forever either.
+            "read_timeout": 120.0,
+            "write_timeout": 120.0,
+        }
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key not in _URL_OPTIONS:
+                raise ValueError(
+                    f"unknown MySQL URL option {key!r} (known: {', '.join(sorted(_URL_OPTIONS))})"
+                )
+            try:
+                params[key] = _URL_OPTIONS[key](value)
+            except ValueError:
+                raise ValueError(f"invalid value for MySQL URL option {key!r}: {value!r}") from None
+        self._params = params
+
+    def _open(self) -> pymysql.connections.Connection:
+        # No CLIENT_FOUND_ROWS: affected-row counts are what the fast paths
+        # count inserts with. No multi-statements, no LOCAL INFILE.
+        conn = pymysql.connect(
+            charset="utf8mb4", autocommit=False, local_infile=False, **self._params
+        )
+        try:
+            with conn.cursor() as cur:
+                # Strict mode, whatever the server default: an over-long value
+                # must be an error (and dead-lettered), not silently truncated.
+                cur.execute(
+                    "SET SESSION sql_mode = IF(FIND_IN_SET('STRICT_TRANS_TABLES', "
+                    "@@SESSION.sql_mode) > 0, @@SESSION.sql_mode, CONCAT_WS(',', "
+                    "NULLIF(@@SESSION.sql_mode, ''), 'STRICT_TRANS_TABLES'))"
+                )
+                # As on PostgreSQL: fewer gap locks, so fewer deadlocks between replicas.
+                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                cur.execute("SELECT VERSION(), @@max_allowed_packet")
+                version, max_packet = cur.fetchone()
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        self._server = ServerInfo.parse(str(version), int(max_packet))
+        return conn
+
+    def _ledger_ddl(self) -> str:
+        # utf8mb4_bin: batch ids are case-sensitive. DATETIME(6), not
+        # TIMESTAMP: no session time-zone conversion, no 2038 limit, no
+        # implicit ON UPDATE CURRENT_TIMESTAMP on old servers; syncd writes UTC.
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self._ledger_q} ("
+            "plugin VARCHAR(100) NOT NULL, batch_id VARCHAR(100) NOT NULL, "
+            "applied_at DATETIME(6) NOT NULL, detail MEDIUMTEXT NULL, "
+            "PRIMARY KEY (plugin, batch_id)"
+            ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+        )
+
+    def _is_connection_error(self, exc: BaseException) -> bool:
+        if isinstance(exc, pymysql.err.InterfaceError | OSError):
+            return True
+        if isinstance(exc, pymysql.MySQLError) and exc.args:
+            errno = exc.args[0]
+            return isinstance(errno, int) and (2000 <= errno < 3000 or errno in _TRANSIENT_ERRNOS)
+        return False
+
+    def _is_row_error(self, exc: BaseException) -> bool:
+        if self._is_connection_error(exc):
+            return False
+        if isinstance(exc, pymysql.err.DataError | pymysql.err.IntegrityError | UnicodeError):
+            return True
+        if isinstance(exc, pymysql.MySQLError) and exc.args:
+            sqlstate = getattr(exc, "sqlstate", None) or ""
+            return exc.args[0] in _ROW_ERRNOS or sqlstate[:2] in ("22", "23")
+        return False
+
+    def _error_message(self, exc: BaseException) -> str:
+        if isinstance(exc, pymysql.MySQLError) and len(exc.args) >= 2:
+            return f"({exc.args[0]}) {exc.args[1]}"
+        return super()._error_message(exc)
+
+    def _usable(self, conn: Any) -> bool:
+        return bool(conn.open)
+
+    def _alive(self, conn: Any) -> bool:
+        try:
+            conn.ping(reconnect=False)
+        except (pymysql.MySQLError, OSError):
+            return False
+        return True

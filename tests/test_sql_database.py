@@ -1,0 +1,461 @@
+"""syncd.sql against the real PostgreSQL, MariaDB and SQLite, one behaviour at a time.
+
+Every test runs on all three dialects (unless the behaviour only exists on
+one), with its own uniquely named tables and ledger, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from syncd.errors import DatabaseUnavailable
+from syncd.sql import Database, Dialect, InsertResult, Transaction, open_database
+
+DIALECTS = ["postgresql", "mysql", "sqlite"]
+
+#: Portable DDL: VARCHAR limits are enforced by PostgreSQL and MariaDB, the
+#: CHECK by SQLite (which ignores VARCHAR lengths).
+NAMES = "id BIGINT PRIMARY KEY, name VARCHAR(10) NOT NULL CHECK (length(name) <= 10)"
+COUNTERS = "id BIGINT PRIMARY KEY, label VARCHAR(20) NOT NULL DEFAULT 'x', n BIGINT, m BIGINT"
+
+MakeTable = Callable[[str], Awaitable[str]]
+
+
+def unique(stem: str) -> str:
+    return f"{stem}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(name="url", params=DIALECTS)
+def _url(request: pytest.FixtureRequest, pg_url: str, mysql_url: str, sqlite_url: str) -> str:
+    return {"postgresql": pg_url, "mysql": mysql_url, "sqlite": sqlite_url}[request.param]
+
+
+@pytest.fixture(name="db")
+async def _db(url: str) -> AsyncIterator[Database]:
+    """A connected database with a ledger of its own, dropped afterwards."""
+    db = open_database("test", url, ledger_table=unique("ledger"))
+    await db.connect()
+    try:
+        yield db
+    finally:
+        await db.execute(f"DROP TABLE IF EXISTS {db.ledger_table}")
+        await db.aclose()
+
+
+@pytest.fixture(name="make_table")
+async def _make_table(db: Database) -> AsyncIterator[MakeTable]:
+    """``await make_table("id BIGINT PRIMARY KEY, …")`` creates a fresh table."""
+    created: list[str] = []
+
+    async def make(columns: str) -> str:
+        name = unique("t")
+        await db.execute(f"CREATE TABLE {name} ({columns})")
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        await db.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+async def rows_of(db: Database, table: str, columns: str = "id, name") -> list[tuple]:
+    return await db.fetchall(f"SELECT {columns} FROM {table} ORDER BY id")
+
+
+class TestInsertIgnore:
+    """Batched inserts that skip existing keys and never swallow data errors."""
+
+    async def test_skips_existing_keys_and_counts_new_rows(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        table = await make_table(NAMES)
+        first = await db.insert_ignore(table, ["id", "name"], [(1, "a"), (2, "b"), (3, "c")])
+        again = await db.insert_ignore(
+            table, ["id", "name"], [(2, "B"), (3, "C"), (4, "d"), (4, "dup"), (5, "e")]
+        )
+        assert first == InsertResult(3, [])
+        assert again == InsertResult(2, [])
+        assert await rows_of(db, table) == [(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e")]
+
+    async def test_large_batch_takes_the_fast_path_and_counts(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        table = await make_table(NAMES)
+        await db.insert_ignore(table, ["id", "name"], [(i, f"old{i}") for i in range(0, 1200, 2)])
+        result = await db.insert_ignore(table, ["id", "name"], [(i, f"n{i}") for i in range(1200)])
+        assert result == InsertResult(600, [])
+        (count,) = (await db.fetchall(f"SELECT count(*) FROM {table}"))[0]
+        assert count == 1200
+
+    async def test_isolate_rejects_bad_rows_and_inserts_the_rest(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        table = await make_table(NAMES)
+        rows = [(1, "ok"), (2, "far too long a value"), (3, None), (4, "fine"), (5, "x" * 11)]
+        result = await db.insert_ignore(table, ["id", "name"], rows, isolate=True)
+        assert result.inserted == 2
+        assert [index for index, _ in result.rejected] == [1, 2, 4]
+        assert all(message for _, message in result.rejected)
+        assert await rows_of(db, table) == [(1, "ok"), (4, "fine")]
+
+    async def test_isolate_in_a_large_batch(self, db: Database, make_table: MakeTable) -> None:
+        table = await make_table(NAMES)
+        bad = {7, 500, 501, 998}
+        rows = [(i, "y" * 20 if i in bad else f"r{i}") for i in range(1000)]
+        result = await db.insert_ignore(table, ["id", "name"], rows, isolate=True)
+        assert result.inserted == 1000 - len(bad)
+        assert {index for index, _ in result.rejected} == bad
+
+    async def test_without_isolate_a_data_error_propagates(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        table = await make_table(NAMES)
+        with pytest.raises(db.driver_error) as caught:
+            await db.insert_ignore(table, ["id", "name"], [(1, "ok"), (2, None)])
+        assert not isinstance(caught.value, DatabaseUnavailable)
+        assert await rows_of(db, table) == []  # rolled back as a whole
+
+    @pytest.mark.parametrize("size", [3, 600])
+    async def test_nul_byte_is_rejected_only_where_the_database_refuses_it(
+        self, db: Database, make_table: MakeTable, size: int
+    ) -> None:
+        table = await make_table("id BIGINT PRIMARY KEY, body TEXT")
+        rows = [(i, "nul\x00inside" if i == 1 else f"row {i}") for i in range(size)]
+        result = await db.insert_ignore(table, ["id", "body"], rows, isolate=True)
+        stored = await rows_of(db, table, "id, body")
+        if db.dialect == Dialect.POSTGRESQL:
+            assert [index for index, _ in result.rejected] == [1]
+            assert "NUL" in result.rejected[0][1]
+            assert stored == [row for row in rows if row[0] != 1]
+        else:
+            assert result == InsertResult(size, [])
+            assert stored == rows
+
+    @pytest.mark.parametrize("size", [3, 600])
+    async def test_unencodable_text_is_isolated(
+        self, db: Database, make_table: MakeTable, size: int
+    ) -> None:
+        table = await make_table("id BIGINT PRIMARY KEY, body TEXT")
+        rows = [(i, "lone \ud800 surrogate" if i == 2 else f"row {i}") for i in range(size)]
+        result = await db.insert_ignore(table, ["id", "body"], rows, isolate=True)
+        assert [index for index, _ in result.rejected] == [2]
+        assert result.inserted == size - 1
+
+    async def test_injection_looking_values_are_stored_verbatim(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        table = await make_table("id BIGINT PRIMARY KEY, body TEXT")
+        nasty = [
+            "'); DROP TABLE users; --",
+            "\\'; DELETE FROM x; -- ",
+            '" OR 1=1 --',
+            "%s %% %(x)s ?",
+            "`backtick` $1 ${x}",
+            "emoji 🎉 and ümlaut",
+        ]
+        await db.insert_ignore(table, ["id", "body"], list(enumerate(nasty)))
+        assert await rows_of(db, table, "id, body") == list(enumerate(nasty))
+
+    async def test_identifiers_are_validated(self, db: Database, make_table: MakeTable) -> None:
+        table = await make_table(NAMES)
+        for bad in ["users; DROP TABLE x", 'a"b', "a`b", "", "1abc", "a.b.c", "t--", "x" * 64]:
+            with pytest.raises(ValueError, match="invalid SQL"):
+                await db.insert_ignore(bad, ["id"], [(1,)])
+            with pytest.raises(ValueError, match="invalid SQL"):
+                await db.insert_ignore(table, ["id", bad], [(1, "a")])
+            with pytest.raises(ValueError, match="invalid SQL"):
+                await db.increment(table, bad, ["n"], [(1, 1)])
+        assert await rows_of(db, table) == []
+
+
+class TestIncrement:
+    """Counter deltas: summed per key, applied in one statement, missing keys reported."""
+
+    async def test_existing_only_reports_missing_keys(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, 10, 0), (2, NULL, 5)")
+        result = await db.increment(
+            table, "id", ["n", "m"], [(1, 5, 1), (2, 3, 0), (1, 2, 2), (99, 7, 7), ("2", 1, 1)]
+        )
+        assert (result.updated, result.inserted, result.missing) == (2, 0, [99])
+        assert await rows_of(db, table, "id, n, m") == [(1, 17, 3), (2, 4, 6)]
+
+    async def test_insert_missing_inserts_and_counts(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, 10, 10)")
+        result = await db.increment(
+            table, "id", ["n", "m"],
+            [(1, 1, 1), (2, 5, 0), (3, 0, 0), (2, 5, 1), (1, 0, 0), ("zz", 1, 1)],
+            insert_missing=True,
+        )
+        assert (result.updated, result.inserted, result.missing) == (1, 2, ["zz"])
+        again = await db.increment(
+            table, "id", ["n", "m"], [(3, 0, 0), (4, 0, 0), (2, 1, 1)], insert_missing=True
+        )
+        assert (again.updated, again.inserted, again.missing) == (2, 1, [])
+        assert await rows_of(db, table, "id, n, m") == [
+            (1, 11, 11), (2, 11, 2), (3, 0, 0), (4, 0, 0)
+        ]
+
+    async def test_string_keys(self, db: Database, make_table: MakeTable) -> None:
+        table = await make_table("k VARCHAR(40) PRIMARY KEY, n BIGINT NOT NULL DEFAULT 0")
+        await db.increment(table, "k", ["n"], [("a", 1), (7, 2), ("a", 3)], insert_missing=True)
+        result = await db.increment(table, "k", ["n"], [("a", 1), ("b", 1), ("7", 1)])
+        assert (result.updated, result.missing) == (2, ["b"])
+        assert await db.fetchall(f"SELECT k, n FROM {table} ORDER BY k") == [("7", 3), ("a", 5)]
+
+    async def test_ten_thousand_rows(self, db: Database, make_table: MakeTable) -> None:
+        """A throughput smoke test: both paths, 10k keys each, complete and count right."""
+        table = await make_table(COUNTERS)
+        rows = [(i, 1, 2) for i in range(10_000)]
+        inserted = await db.increment(table, "id", ["n", "m"], rows, insert_missing=True)
+        updated = await db.increment(table, "id", ["n", "m"], [*rows, (10_000, 1, 1)])
+        assert (inserted.inserted, inserted.updated) == (10_000, 0)
+        assert (updated.updated, updated.missing) == (10_000, [10_000])
+        assert await db.fetchall(f"SELECT sum(n), sum(m) FROM {table}") == [(20_000, 40_000)]
+
+
+class TestLedger:
+    """apply_batch applies each batch id once, even when replayed or raced."""
+
+    async def test_applies_once_and_a_replay_is_a_no_op(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        table = await make_table(NAMES)
+        calls = []
+
+        def write(tx: Transaction) -> InsertResult:
+            calls.append(1)
+            return tx.insert_ignore(table, ["id", "name"], [(1, "a")])
+
+        first = await db.apply_batch("votes", "batch-1", write, detail='{"rejected": []}')
+        replay = await db.apply_batch("votes", "batch-1", write)
+        assert first == (True, InsertResult(1, []))
+        assert replay == (False, None)
+        assert len(calls) == 1
+        entry = await db.ledger_entry("votes", "batch-1")
+        assert entry is not None
+        assert entry.detail == '{"rejected": []}'
+        assert abs(time.time() - entry.applied_at.timestamp()) < 60
+        assert await db.ledger_entry("votes", "batch-2") is None
+        assert await db.ledger_entry("other", "batch-1") is None
+
+    async def test_detail_can_be_set_late(self, db: Database) -> None:
+        def write(tx: Transaction) -> None:
+            tx.ledger_detail = "rows 3 and 5 rejected"
+
+        await db.apply_batch("p", "late", write)
+        entry = await db.ledger_entry("p", "late")
+        assert entry is not None and entry.detail == "rows 3 and 5 rejected"
+
+    async def test_batch_ids_are_case_sensitive(self, db: Database) -> None:
+        assert (await db.apply_batch("p", "abc", lambda tx: 1)) == (True, 1)
+        assert (await db.apply_batch("p", "ABC", lambda tx: 2)) == (True, 2)
+
+    async def test_a_failed_batch_is_not_recorded(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        table = await make_table(NAMES)
+
+        def fail(tx: Transaction) -> None:
+            tx.insert_ignore(table, ["id", "name"], [(1, "a")])
+            raise RuntimeError("plugin bug")
+
+        with pytest.raises(RuntimeError, match="plugin bug"):
+            await db.apply_batch("p", "b", fail)
+        assert await db.ledger_entry("p", "b") is None
+        assert await rows_of(db, table) == []
+        assert await db.apply_batch("p", "b", lambda tx: "ok") == (True, "ok")
+
+    async def test_racing_replicas_apply_once(
+        self, db: Database, make_table: MakeTable, url: str
+    ) -> None:
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n) VALUES (1, 0)")
+        replica = open_database("replica", url, ledger_table=db.ledger_table)
+        results = []
+
+        def apply(tx: Transaction) -> str:
+            time.sleep(0.3)  # hold the ledger row so that the other one must wait
+            tx.increment(table, "id", ["n"], [(1, 1)])
+            return "applied"
+
+        async def run(database: Database) -> None:
+            results.append(await database.apply_batch("counter", "lease-7", apply))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, db)
+                nursery.start_soon(run, replica)
+        finally:
+            await replica.aclose()
+        assert sorted(results, key=str) == [(False, None), (True, "applied")]
+        assert await db.fetchall(f"SELECT n FROM {table}") == [(1,)]
+
+    async def test_prune(self, db: Database) -> None:
+        for batch in ("a", "b"):
+            await db.apply_batch("p", batch, lambda tx: None)
+        assert await db.prune_ledger(3600) == 0
+        await trio.sleep(0.01)
+        assert await db.prune_ledger(0) == 2
+        assert await db.ledger_entry("p", "a") is None
+
+    async def test_ledger_keys_are_checked(self, db: Database) -> None:
+        with pytest.raises(ValueError, match="batch_id"):
+            await db.apply_batch("p", "x" * 101, lambda tx: None)
+        with pytest.raises(ValueError, match="plugin"):
+            await db.apply_batch("", "b", lambda tx: None)
+
+
+class TestTransactions:
+    """One hop, one transaction: commit on return, rollback on exception."""
+
+    async def test_commit_and_rollback(self, db: Database, make_table: MakeTable) -> None:
+        table = await make_table(NAMES)
+
+        def ok(tx: Transaction) -> int:
+            return tx.executemany(f"INSERT INTO {table} (id, name) VALUES (%s, %s)", [(1, "a")])
+
+        def boom(tx: Transaction) -> None:
+            tx.execute(f"INSERT INTO {table} (id, name) VALUES (%s, %s)", (2, "b"))
+            raise KeyError("boom")
+
+        assert await db.transaction(ok) == 1
+        with pytest.raises(KeyError):
+            await db.transaction(boom)
+        assert await rows_of(db, table) == [(1, "a")]
+
+    async def test_placeholders_and_literal_percent(self, db: Database) -> None:
+        rows = await db.fetchall("SELECT %s, 'a%%b'", ("x",))
+        assert rows == [("x", "a%b")]
+
+    async def test_transaction_is_only_valid_inside_its_function(self, db: Database) -> None:
+        kept = await db.transaction(lambda tx: tx)
+        with pytest.raises(RuntimeError, match="over"):
+            kept.execute("SELECT 1")
+
+    async def test_quote(self, db: Database) -> None:
+        quoted = await db.transaction(lambda tx: tx.quote("public.users"))
+        q = "`" if db.dialect == Dialect.MYSQL else '"'
+        assert quoted == f"{q}public{q}.{q}users{q}"
+
+    async def test_cancelled_caller_waits_for_its_thread(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        """No thread is abandoned holding a connection: the work finishes (and commits)."""
+        table = await make_table(NAMES)
+
+        def slow(tx: Transaction) -> None:
+            time.sleep(0.3)
+            tx.execute(f"INSERT INTO {table} (id, name) VALUES (%s, %s)", (1, "a"))
+
+        started = trio.current_time()
+        with trio.move_on_after(0.05):
+            await db.transaction(slow)
+        assert trio.current_time() - started >= 0.25
+        assert db.limiter.borrowed_tokens == 0
+        assert await rows_of(db, table) == [(1, "a")]
+
+    async def test_an_async_function_is_refused(self, db: Database) -> None:
+        async def not_allowed(tx: Transaction) -> None:
+            tx.execute("SELECT 1")
+
+        with pytest.raises(TypeError, match="must not be async"):
+            await db.transaction(not_allowed)  # type: ignore[arg-type]
+
+    async def test_ping(self, db: Database) -> None:
+        latency = await db.ping()
+        assert 0 < latency < 5
+
+
+class TestUnavailable:
+    """Connection-level failures become DatabaseUnavailable; the next call reconnects."""
+
+    async def test_killed_connection_then_reconnect(self, db: Database, url: str) -> None:
+        if db.dialect == Dialect.SQLITE:
+            pytest.skip("SQLite has no server to kill connections")
+        errors: list[BaseException] = []
+        db.on_error = errors.append
+        if db.dialect == Dialect.POSTGRESQL:
+            ((connection_id,),) = await db.fetchall("SELECT pg_backend_pid()")
+            kill = "SELECT pg_terminate_backend(%s)"
+        else:
+            ((connection_id,),) = await db.fetchall("SELECT CONNECTION_ID()")
+            kill = "KILL %s"
+        killer = open_database("killer", url, ledger_table=db.ledger_table)
+        try:
+            await killer.execute(kill, (connection_id,))
+        finally:
+            await killer.aclose()
+        with pytest.raises(DatabaseUnavailable) as caught:
+            await db.fetchall("SELECT 1")
+        assert caught.value.__cause__ is not None
+        assert errors == [caught.value]
+        assert await db.fetchall("SELECT 1") == [(1,)]
+
+    @pytest.mark.parametrize(
+        "bad_url",
+        [
+            "postgresql://postgres:secret@127.0.0.1:1/test",
+            "mysql://root:secret@127.0.0.1:1/test",
+            "sqlite:////nonexistent-dir-for-syncd/sub/x.db",
+        ],
+    )
+    async def test_unreachable_server_fails_fast(self, bad_url: str) -> None:
+        errors: list[BaseException] = []
+        db = open_database("gone", bad_url, on_error=errors.append)
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailable) as caught:
+            await db.connect()
+        assert time.monotonic() - started < 3
+        assert "secret" not in str(caught.value)
+        assert "gone" in str(caught.value)
+        with pytest.raises(DatabaseUnavailable):
+            await db.ping()
+        assert len(errors) == 2
+        await db.aclose()
+
+    async def test_sqlite_locked_by_another_writer(self, sqlite_url: str) -> None:
+        """A lock held longer than the busy timeout is transient; the connection is kept."""
+        holder = open_database("holder", sqlite_url)
+        waiter = open_database("waiter", sqlite_url, connect_timeout=0.1)
+        await holder.connect()
+        await waiter.connect()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(holder.transaction, lambda tx: time.sleep(0.5))
+                await trio.sleep(0.1)
+                with pytest.raises(DatabaseUnavailable, match="locked"):
+                    await waiter.execute("CREATE TABLE t (id INTEGER)")
+            await waiter.execute("CREATE TABLE t (id INTEGER)")
+            assert len(waiter._idle) == 1
+        finally:
+            await holder.aclose()
+            await waiter.aclose()
+
+    async def test_sqlite_in_memory(self) -> None:
+        db = open_database("mem", "sqlite:///:memory:")
+        await db.connect()
+        await db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER)")
+        result = await db.increment("t", "id", ["n"], [(1, 2), (1, 3)], insert_missing=True)
+        assert (result.inserted, await db.fetchall("SELECT n FROM t")) == (1, [(5,)])
+        await db.aclose()
+
+    async def test_sqlite_relative_path(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        db = open_database("rel", "sqlite:///data.sqlite3")
+        await db.connect()
+        await db.aclose()
+        assert (tmp_path / "data.sqlite3").exists()
