@@ -257,7 +257,7 @@ def _env_value(raw: str) -> Any:
 
 
 #: ``SYNCD_*`` variables that steer the program rather than set config keys.
-_NOT_CONFIG_ENV = {"config", "disable_plugin_autoload", "plugins_allow"}
+_NOT_CONFIG_ENV = {"config", "disable_plugin_autoload", "crash_at", "crash_after"}
 
 
 def _deepcopy(data: Any) -> Any:

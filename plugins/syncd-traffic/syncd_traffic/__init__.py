@@ -1,0 +1,36 @@
+"""syncd-traffic: node traffic counters from Redis hashes into SQL, exactly once.
+
+The application keeps ``HINCRBY node:{node_id}:traffic upload|download N``;
+every ``interval`` (and on manual flush and at shutdown) this plugin adds the
+accumulated bytes to ``nodes.traffic_used`` and releases them from Redis only
+after the SQL commit. See README.md for the config, guarantees and metrics.
+"""
+
+from __future__ import annotations
+
+import syncd
+from syncd_traffic.config import TrafficConfig
+from syncd_traffic.worker import TrafficWorker
+from syncd_traffic.workload import TrafficWorkload
+
+NAME = "traffic"
+
+
+@syncd.hookimpl
+def syncd_plugin() -> syncd.PluginSpec:
+    return syncd.PluginSpec(
+        name=NAME,
+        config=TrafficConfig,
+        create=TrafficWorker.create,
+        description="Node traffic counters (Redis hashes) added to SQL, exactly once.",
+    )
+
+
+@syncd.hookimpl
+def syncd_workload(plugin: str, prefix: str) -> syncd.Workload | None:
+    if plugin != NAME:
+        return None
+    return TrafficWorkload(prefix).workload()
+
+
+__all__ = ["TrafficConfig", "TrafficWorker", "TrafficWorkload", "syncd_plugin", "syncd_workload"]

@@ -1,0 +1,190 @@
+"""Deciding what a snapshot's counters mean: SQL deltas or dead letters.
+
+Pure logic, no I/O: the worker hands over the ``(key, fields)`` pairs a
+snapshot took and gets back one delta row per node plus the dead letters.
+
+The rules (README "Bad data"):
+
+- the node id in the key must be an integer (64-bit signed): otherwise the
+  whole hash is quarantined;
+- ``upload`` and ``download`` must be integers (as HINCRBY keeps them) and
+  their sum must fit a BIGINT: otherwise the whole hash is quarantined, since
+  the two are one observation and guessing which half is right is not ours;
+- any other field is not ours to interpret, but the snapshot took it out of
+  Redis with the rest, so it must not vanish: the known fields are applied
+  and the unknown ones quarantined in an entry of their own;
+- a node id with no row (``insert_missing`` off) is only known inside the
+  SQL transaction; `missing_letters` builds those entries afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+
+import syncd
+from syncd_traffic.config import NODE_ID, TrafficConfig
+
+FIELDS = ("upload", "download")
+_FIELD_SET = frozenset(FIELDS)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_INTEGER = re.compile(rb"^-?[0-9]{1,19}$")
+_ID = re.compile(r"^-?[0-9]{1,19}$")
+
+#: Reason labels for the ``traffic_dead_lettered_total`` metric.
+BAD_ID, BAD_VALUE = "bad_id", "bad_value"
+UNKNOWN_FIELD, MISSING_ROW = "unknown_field", "missing_row"
+
+
+@attrs.frozen
+class Letter:
+    """A dead letter before it is stamped: which metric reason, and the entry."""
+
+    kind: str
+    entry: syncd.DeadLetter
+
+
+@attrs.define
+class Judged:
+    """A snapshot sorted into what goes to SQL and what goes to the dead-letter list.
+
+    Attributes:
+        deltas: node id → ``[upload, download]`` summed over the snapshot's
+            keys for that node (two keys can name one node, e.g. ``7``/``07``,
+            and one UPDATE per id must carry both).
+        sources: node id → the ``(key, fields)`` pairs behind its delta, to
+            quarantine them verbatim if the row turns out to be missing.
+        letters: The entries rejected before SQL.
+    """
+
+    deltas: dict[int, list[int]] = attrs.Factory(dict)
+    sources: dict[int, list[tuple[str, Mapping[str, bytes]]]] = attrs.Factory(dict)
+    letters: list[Letter] = attrs.Factory(list)
+
+    def rows(self, config: TrafficConfig) -> list[tuple[int, ...]]:
+        """``(id, delta per configured column)`` rows in id order (stable lock order)."""
+        deltas = self.deltas
+        if config.columns == (config.total_column,):  # the default: one column
+            return [(nid, sum(deltas[nid])) for nid in sorted(deltas)]
+        pick = {config.total_column: lambda up, down: up + down,
+                config.upload_column: lambda up, down: up,
+                config.download_column: lambda up, down: down}
+        columns = [pick[c] for c in config.columns]
+        return [(nid, *(f(*deltas[nid]) for f in columns)) for nid in sorted(deltas)]
+
+    @property
+    def bytes(self) -> int:
+        return sum(up + down for up, down in self.deltas.values())
+
+
+def node_id(key: str, config: TrafficConfig) -> int | None:
+    """The integer id in ``key``, or None if the key does not hold one."""
+    head, tail = config.key_pattern.split(NODE_ID)
+    if not (key.startswith(head) and key.endswith(tail)) or len(key) < len(head) + len(tail):
+        return None
+    return _id(key[len(head):len(key) - len(tail)])
+
+
+def _id(text: str) -> int | None:
+    if text.isdigit() and text.isascii() and len(text) <= 18:
+        return int(text)
+    if not _ID.match(text):
+        return None
+    value = int(text)
+    return value if INT64_MIN <= value <= INT64_MAX else None
+
+
+def _integer(raw: bytes) -> int | None:
+    # Fast path: what HINCRBY leaves is canonical digits; 18 of them always
+    # fit a BIGINT. Anything else takes the strict check.
+    if raw.isdigit() and len(raw) <= 18:
+        return int(raw)
+    if not _INTEGER.match(raw):
+        return None
+    value = int(raw)
+    return value if INT64_MIN <= value <= INT64_MAX else None
+
+
+def judge(
+    entries: Iterable[tuple[str, Mapping[str, bytes]]], config: TrafficConfig, plugin: str,
+) -> Judged:
+    """Sort a snapshot's entries (see the module docstring for the rules)."""
+    judged = Judged()
+    deltas, sources = judged.deltas, judged.sources
+    head, tail = config.key_pattern.split(NODE_ID)
+    start, cut = len(head), len(head) + len(tail)
+    for key, fields in entries:
+        nid = None
+        if len(key) > cut and key.startswith(head) and key.endswith(tail):
+            nid = _id(key[start:len(key) - len(tail)])
+        if nid is None:
+            judged.letters.append(_letter(BAD_ID, config, plugin, key, fields,
+                                          f"key {key!r} does not hold an integer node id"))
+            continue
+        if len(fields) > 2 or not fields.keys() <= _FIELD_SET:
+            known = {f: v for f, v in fields.items() if f in _FIELD_SET}
+            unknown = {f: v for f, v in fields.items() if f not in _FIELD_SET}
+            judged.letters.append(_letter(
+                UNKNOWN_FIELD, config, plugin, key, unknown,
+                f"unknown field(s) {', '.join(sorted(unknown))}; only upload and download "
+                "are counted (the known fields were applied)"))
+            if not known:
+                continue
+        else:
+            known = fields
+        raw_up, raw_down = known.get("upload", b"0"), known.get("download", b"0")
+        up, down = _integer(raw_up), _integer(raw_down)
+        if up is None or down is None:
+            bad = [f for f, v in (("download", down), ("upload", up)) if v is None]
+            judged.letters.append(_letter(
+                BAD_VALUE, config, plugin, key, fields,
+                f"{' and '.join(bad)} not a 64-bit integer"))
+            continue
+        delta = deltas.get(nid)
+        if delta is not None:
+            up, down = delta[0] + up, delta[1] + down
+        if not (INT64_MIN <= up + down <= INT64_MAX and INT64_MIN <= up <= INT64_MAX
+                and INT64_MIN <= down <= INT64_MAX):
+            judged.letters.append(_letter(
+                BAD_VALUE, config, plugin, key, fields, "upload + download overflows BIGINT"))
+            continue
+        deltas[nid] = [up, down]
+        if delta is None:
+            sources[nid] = [(key, known)]
+        else:
+            sources[nid].append((key, known))
+    return judged
+
+
+def missing_letters(
+    judged: Judged, missing: Sequence[int], config: TrafficConfig, plugin: str,
+) -> list[Letter]:
+    """Dead letters for node ids the SQL transaction found no row for."""
+    letters = []
+    for nid in missing:
+        for key, fields in judged.sources.get(int(nid), ()):
+            letters.append(_letter(
+                MISSING_ROW, config, plugin, key, fields,
+                f"no row with {config.id_column} = {nid} in {config.table} "
+                "(insert_missing is off)"))
+    return letters
+
+
+def _letter(
+    kind: str, config: TrafficConfig, plugin: str, key: str, fields: Mapping[str, bytes],
+    reason: str,
+) -> Letter:
+    # ensure_ascii keeps the payload exact for any byte: odd bytes arrive as
+    # surrogate escapes and come back out of json.loads the same way.
+    payload = json.dumps(
+        {"key": key, "values": {f: _text(v) for f, v in fields.items()}},
+        separators=(",", ":"),
+    )
+    return Letter(kind, syncd.DeadLetter(config.dead_letter, payload, reason, plugin))
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")

@@ -1,0 +1,215 @@
+"""The plugin in a real daemon (in-process) against real Redis and databases."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+import redis
+import trio
+from syncd_traffic.workload import TrafficWorkload
+from traffic_support import PLUGINS, config_for
+
+import syncd
+from syncd.testing import REDIS_URL, run_daemon, wait_for
+
+pytestmark = pytest.mark.usefixtures("redis_client")
+
+
+async def drain(daemon: Any, workload: TrafficWorkload, env: syncd.WorkloadEnv) -> syncd.SyncResult:
+    """Flush until nothing is pending; return what the flushes did."""
+    runner = daemon.runner("traffic")
+    total = syncd.SyncResult()
+    for _ in range(100):
+        total += await runner.flush()
+        if await trio.to_thread.run_sync(workload.pending, env) == 0:
+            return total
+    raise AssertionError("still pending after 100 flushes")
+
+
+async def produce(workload: TrafficWorkload, env: syncd.WorkloadEnv, start: int, n: int) -> None:
+    await trio.to_thread.run_sync(workload.produce, env, start, n)
+
+
+class TestExactlyOnce:
+    """Every byte produced ends up in SQL once, even while producers keep writing."""
+
+    async def test_basic_flush(self, env: syncd.WorkloadEnv, workload: TrafficWorkload,
+                               db_url: str) -> None:
+        await produce(workload, env, 0, 5_000)
+        async with run_daemon(config_for(workload, db_url, batch_size=700),
+                              PLUGINS) as daemon:
+            result = await drain(daemon, workload, env)
+        tally = workload.tally(env, 5_000)
+        assert tally.ok, tally
+        assert result.dead_lettered == tally.expected_dead
+        assert result.items == 2_000  # every node once: 5,000 items fold into 2,000 keys
+
+    @pytest.mark.parametrize("db_url", ["mysql", "pg"], indirect=True)
+    async def test_concurrent_producers(self, env: syncd.WorkloadEnv,
+                                        workload: TrafficWorkload, db_url: str) -> None:
+        producers, per_producer, chunk = 4, 6_000, 200
+
+        def producer(index: int) -> None:
+            # Its own client, as a separate application process would have.
+            client = redis.Redis.from_url(REDIS_URL)
+            own = syncd.WorkloadEnv(client, env.database_url, env.dialect, env.connect,
+                                    env.prefix)
+            try:
+                start = index * per_producer
+                for offset in range(0, per_producer, chunk):
+                    workload.produce(own, start + offset, chunk)
+                    # An application paces its writes; a thread that never
+                    # sleeps would also hold the GIL against the daemon.
+                    time.sleep(0.005)
+            finally:
+                client.close()
+
+        config = config_for(workload, db_url, interval="20ms", batch_size=300)
+        async with run_daemon(config, PLUGINS) as daemon:
+            async with trio.open_nursery() as nursery:
+                for index in range(producers):
+                    nursery.start_soon(trio.to_thread.run_sync, producer, index)
+            midway = await trio.to_thread.run_sync(workload.tally, env, producers * per_producer)
+            assert 0 < midway.in_sql < midway.expected, "no flush ran during production"
+            await drain(daemon, workload, env)
+        tally = workload.tally(env, producers * per_producer)
+        assert tally.ok, tally
+
+
+class TestBadData:
+    """Malformed counters are quarantined with a reason; the rest goes through."""
+
+    @pytest.mark.parametrize("db_url", ["mysql", "pg", "sqlite"], indirect=True)
+    async def test_quarantine(self, env: syncd.WorkloadEnv, workload: TrafficWorkload,
+                              db_url: str) -> None:
+        r = env.redis
+        r.hset(workload.key(1), mapping={"upload": 10, "download": 5})
+        r.hset(workload.key("abc"), mapping={"upload": 1})
+        r.hset(workload.key(2), mapping={"upload": "12kb", "download": 3})
+        r.hset(workload.key(3), mapping={"upload": 7, "last_seen": "yesterday"})
+        r.hset(workload.key(999_999), mapping={"download": 4})
+        async with run_daemon(config_for(workload, db_url), PLUGINS) as daemon:
+            result = await drain(daemon, workload, env)
+            metrics = daemon.metrics.exposition().decode()
+        assert (result.items, result.dead_lettered) == (2, 4)
+        assert _sql(env, workload) == {1: 15, 3: 7}
+        letters = {
+            json.loads(entry.payload)["key"]: entry
+            for entry in (syncd.DeadLetter.decode(workload.dead_letter, raw)
+                          for raw in r.lrange(workload.dead_letter, 0, -1))
+        }
+        assert set(letters) == {workload.key(k) for k in ("abc", 2, 3, 999_999)}
+        assert "node id" in letters[workload.key("abc")].reason
+        assert "upload not a 64-bit integer" in letters[workload.key(2)].reason
+        assert json.loads(letters[workload.key(2)].payload)["values"] == {
+            "upload": "12kb", "download": "3"}
+        assert "unknown field" in letters[workload.key(3)].reason
+        assert json.loads(letters[workload.key(3)].payload)["values"] == {
+            "last_seen": "yesterday"}
+        assert "no row" in letters[workload.key(999_999)].reason
+        assert all(entry.plugin == "traffic" and entry.at > 0 for entry in letters.values())
+        for reason in ("bad_id", "bad_value", "unknown_field", "missing_row"):
+            assert f'traffic_dead_lettered_total{{reason="{reason}"}} 1.0' in metrics
+        assert "traffic_nodes_flushed_total 2.0" in metrics
+        assert 'syncd_dead_lettered_total{plugin="traffic"} 4.0' in metrics
+
+    @pytest.mark.parametrize("db_url", ["mysql", "pg", "sqlite"], indirect=True)
+    async def test_insert_missing(self, env: syncd.WorkloadEnv, workload: TrafficWorkload,
+                                  db_url: str) -> None:
+        env.redis.hset(workload.key(999_999), mapping={"upload": 4, "download": 1})
+        env.redis.hset(workload.key(5), mapping={"upload": 1})
+        async with run_daemon(config_for(workload, db_url, insert_missing=True),
+                              PLUGINS) as daemon:
+            result = await drain(daemon, workload, env)
+        assert (result.items, result.dead_lettered) == (2, 0)
+        assert _sql(env, workload) == {5: 1, 999_999: 5}
+
+
+class TestTable:
+    """The SQL side: created when missing, per-direction columns when configured."""
+
+    @pytest.mark.parametrize("db_url", ["mysql", "pg", "sqlite"], indirect=True)
+    async def test_created_with_direction_columns(
+        self, env: syncd.WorkloadEnv, db_url: str, caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        workload = TrafficWorkload(env.prefix, 10)  # no setup: the plugin makes the table
+        env.redis.hset(workload.key(1), mapping={"upload": 10, "download": 5})
+        env.redis.hset(workload.key(2), mapping={"download": 3})
+        config = config_for(workload, db_url, upload_column="up", download_column="down",
+                            insert_missing=True)
+        async with run_daemon(config, PLUGINS) as daemon:
+            await drain(daemon, workload, env)
+        conn = env.connect()
+        try:
+            cur = conn.cursor()
+            cur.execute(f"SELECT id, traffic_used, up, down FROM {workload.table} ORDER BY id")
+            assert [tuple(row) for row in cur.fetchall()] == [(1, 15, 10, 5), (2, 3, 0, 3)]
+        finally:
+            conn.close()
+        assert any("created the missing table" in r.getMessage() for r in caplog.records)
+
+    async def test_no_table_no_create_fails_and_keeps_data(
+        self, env: syncd.WorkloadEnv, db_url: str,
+    ) -> None:
+        workload = TrafficWorkload(env.prefix, 10)
+        env.redis.hset(workload.key(1), mapping={"upload": 10})
+        config = config_for(workload, db_url, create_table=False, interval="20ms")
+        async with run_daemon(config, PLUGINS) as daemon:
+            runner = daemon.runner("traffic")
+            await wait_for(lambda: runner.state == "failed")
+            assert runner.last_error is not None
+        assert workload.pending(env) == 1  # in flight, waiting for the table
+
+
+class TestOutage:
+    """A database that is away fails the plugin; the data waits in Redis and catches up."""
+
+    @pytest.mark.parametrize("db_url", ["mysql", "pg"], indirect=True)
+    async def test_database_down_then_back(self, env: syncd.WorkloadEnv,
+                                           workload: TrafficWorkload, db_url: str) -> None:
+        await produce(workload, env, 0, 3_000)
+        down = db_url.replace(":3306/", ":1/").replace(":5432/", ":1/")
+        async with run_daemon(config_for(workload, down, batch_size=500), PLUGINS) as daemon:
+            runner = daemon.runner("traffic")
+            await trio.sleep(0.3)
+            assert runner.state == "failed"
+            assert runner.last_error["kind"] == "database"
+        assert workload.pending(env) > 0
+        async with run_daemon(config_for(workload, db_url, batch_size=500),
+                              PLUGINS) as daemon:
+            await drain(daemon, workload, env)
+        tally = workload.tally(env, 3_000)
+        assert tally.ok, tally
+
+
+class TestMetrics:
+    """The seed's metrics, under their own names, plus the core's per-plugin series."""
+
+    @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+    async def test_series(self, env: syncd.WorkloadEnv, workload: TrafficWorkload,
+                          db_url: str) -> None:
+        await produce(workload, env, 1, 50)
+        async with run_daemon(config_for(workload, db_url), PLUGINS) as daemon:
+            worker = daemon.runner("traffic").worker
+            assert await worker.backlog() == 50
+            await drain(daemon, workload, env)
+            assert await worker.backlog() == 0
+            text = daemon.metrics.exposition().decode()
+        assert "traffic_nodes_flushed_total 50.0" in text
+        assert "traffic_flush_duration_seconds_count" in text
+        assert "traffic_pending_keys 0.0" in text
+        assert "traffic_bytes_flushed_total" in text
+        assert 'syncd_items_synced_total{plugin="traffic"} 50.0' in text
+
+
+def _sql(env: syncd.WorkloadEnv, workload: TrafficWorkload) -> dict[int, int]:
+    conn = env.connect()
+    try:
+        cur = conn.cursor()
+        cur.execute(f"SELECT id, traffic_used FROM {workload.table} WHERE traffic_used <> 0")
+        return {int(a): int(b) for a, b in cur.fetchall()}
+    finally:
+        conn.close()

@@ -1,0 +1,113 @@
+"""The rules that sort a snapshot into SQL deltas and dead letters (pure logic)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from syncd_traffic.config import TrafficConfig
+from syncd_traffic.judge import (
+    BAD_ID,
+    BAD_VALUE,
+    MISSING_ROW,
+    UNKNOWN_FIELD,
+    judge,
+    missing_letters,
+    node_id,
+)
+
+CONFIG = TrafficConfig(dead_letter="dead")
+
+
+class TestNodeId:
+    """The id is the part of the key where the pattern says {node_id}."""
+
+    @pytest.mark.parametrize(("key", "expected"), [
+        ("node:7:traffic", 7),
+        ("node:007:traffic", 7),
+        ("node:-3:traffic", -3),
+        ("node:9223372036854775807:traffic", 2**63 - 1),
+        ("node:9223372036854775808:traffic", None),
+        ("node:abc:traffic", None),
+        ("node:1.5:traffic", None),
+        ("node::traffic", None),
+        ("node: 7:traffic", None),
+        ("node:7:traffic:x", None),
+        ("node:٣:traffic", None),  # an Arabic-Indic digit is not an id
+    ])
+    def test_parse(self, key: str, expected: int | None) -> None:
+        assert node_id(key, CONFIG) == expected
+
+    def test_custom_pattern(self) -> None:
+        config = TrafficConfig(key_pattern="t{node_id}")
+        assert node_id("t42", config) == 42
+        assert config.scan_pattern == "t*"
+
+    def test_glob_characters_are_literal_in_scan_pattern(self) -> None:
+        config = TrafficConfig(key_pattern="a[1]*?:{node_id}")
+        assert config.scan_pattern == r"a\[1\]\*\?:*"
+
+
+class TestJudge:
+    """Good counters become one row per node; bad ones a dead letter each."""
+
+    def test_good_counters_sum_per_node(self) -> None:
+        judged = judge([
+            ("node:1:traffic", {"upload": b"10", "download": b"5"}),
+            ("node:01:traffic", {"upload": b"1"}),
+            ("node:2:traffic", {"download": b"-4"}),
+        ], CONFIG, "traffic")
+        assert judged.rows(CONFIG) == [(1, 16), (2, -4)]
+        assert judged.letters == []
+        assert judged.bytes == 12
+
+    def test_direction_columns(self) -> None:
+        config = TrafficConfig(upload_column="up", download_column="down")
+        judged = judge([("node:1:traffic", {"upload": b"10", "download": b"5"})], config, "t")
+        assert config.columns == ("traffic_used", "up", "down")
+        assert judged.rows(config) == [(1, 15, 10, 5)]
+
+    @pytest.mark.parametrize(("fields", "reason"), [
+        ({"upload": b"12kb", "download": b"5"}, "upload not a 64-bit integer"),
+        ({"upload": b"1.5"}, "upload not a 64-bit integer"),
+        ({"upload": b"", "download": b"x"}, "download and upload not a 64-bit integer"),
+        ({"upload": b"99999999999999999999"}, "upload not a 64-bit integer"),
+        ({"upload": b"9223372036854775807", "download": b"1"}, "overflows BIGINT"),
+    ])
+    def test_bad_value_quarantines_whole_hash(self, fields: dict, reason: str) -> None:
+        judged = judge([("node:1:traffic", fields)], CONFIG, "traffic")
+        assert judged.rows(CONFIG) == []
+        (letter,) = judged.letters
+        assert letter.kind == BAD_VALUE
+        assert reason in letter.entry.reason
+        payload = json.loads(letter.entry.payload)
+        assert payload == {"key": "node:1:traffic",
+                           "values": {f: v.decode() for f, v in fields.items()}}
+
+    def test_bad_id(self) -> None:
+        judged = judge([("node:abc:traffic", {"upload": b"1"})], CONFIG, "traffic")
+        (letter,) = judged.letters
+        assert (letter.kind, letter.entry.key, letter.entry.plugin) == (BAD_ID, "dead", "traffic")
+        assert "node id" in letter.entry.reason
+
+    def test_unknown_fields_quarantined_known_applied(self) -> None:
+        judged = judge([("node:3:traffic", {"upload": b"7", "last_seen": b"\xff1"})],
+                       CONFIG, "traffic")
+        assert judged.rows(CONFIG) == [(3, 7)]
+        (letter,) = judged.letters
+        assert letter.kind == UNKNOWN_FIELD
+        payload = json.loads(letter.entry.payload)
+        # A byte that is not UTF-8 survives as a surrogate escape.
+        assert payload["values"]["last_seen"].encode("utf-8", "surrogateescape") == b"\xff1"
+
+    def test_missing_rows_become_letters_with_their_sources(self) -> None:
+        judged = judge([
+            ("node:5:traffic", {"upload": b"1"}),
+            ("node:05:traffic", {"download": b"2"}),
+            ("node:6:traffic", {"upload": b"3"}),
+        ], CONFIG, "traffic")
+        letters = missing_letters(judged, [5], CONFIG, "traffic")
+        assert [json.loads(x.entry.payload)["key"] for x in letters] == [
+            "node:5:traffic", "node:05:traffic"]
+        assert {x.kind for x in letters} == {MISSING_ROW}
+        assert "insert_missing" in letters[0].entry.reason
