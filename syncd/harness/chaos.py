@@ -1,0 +1,590 @@
+"""``syncd chaos``: break syncd while it works, then count every item.
+
+For each plugin x database, producers write items at a steady rate while
+the harness, at random moments, does what production does to a daemon:
+
+- SIGKILLs the ``syncd serve`` subprocess and starts it again (same
+  ``instance``, so it finds its own batches left in flight);
+- kills syncd's database connections from the server side
+  (``pg_terminate_backend`` / MariaDB ``KILL``);
+- kills syncd's Redis connections (``CLIENT KILL``);
+- pauses the plugin over HTTP and resumes it.
+
+Only syncd's own connections are killed: they are recognised by the local
+port of each TCP socket the syncd process holds (read from ``/proc``), which
+the servers report as the client's port. The harness's own connections live
+in this process, so they can never match.
+
+Then producers stop, syncd drains (interval plugins are flushed over HTTP),
+stops on SIGTERM (it must exit 0), and the workload's tally counts what
+arrived: nothing may be lost, nothing applied twice, every malformed item
+dead-lettered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import attrs
+import httpx
+import pluggy
+import trio
+
+from syncd.harness.env import (
+    REDIS_URL,
+    Subject,
+    Target,
+    clear_keys,
+    find_subjects,
+    open_env,
+    resolve_databases,
+    supports,
+)
+from syncd.harness.report import ChaosRow
+from syncd.supervisor import unwrap
+from syncd.workload import Workload, WorkloadEnv
+
+Progress = Callable[[str], None]
+
+#: Seconds between producer ticks; each tick produces what the rate owes.
+TICK = 0.05
+#: Seconds between status lines.
+STATUS_EVERY = 2.0
+#: Longest a fresh ``syncd serve`` may take to answer /health/live.
+START_TIMEOUT = 60.0
+#: Shutdown grace written into syncd's config; SIGTERM waits this plus a margin.
+GRACE = 20.0
+
+
+@attrs.frozen
+class ChaosOptions:
+    """What ``syncd chaos`` was asked for.
+
+    Attributes:
+        plugins: Plugin names (empty: every installed plugin with a workload).
+        databases: ``pg``, ``mysql`` or URLs (empty: both defaults).
+        kills: SIGKILL + restart cycles per plugin x database.
+        rate: Items produced per second while faults are injected.
+        duration_cap: Stop injecting faults after this many seconds even if
+            fewer kills were done.
+        drain_timeout: Longest syncd may take to drain once producers stop.
+        seed: Seed of the random schedule (recorded, so a run can be replayed).
+        life: Range of seconds a syncd process lives before its SIGKILL.
+        redis_url: The Redis everything runs on.
+    """
+
+    plugins: tuple[str, ...] = ()
+    databases: tuple[str, ...] = ()
+    kills: int = 20
+    rate: float = 2000.0
+    duration_cap: float = 300.0
+    drain_timeout: float = 120.0
+    seed: int = attrs.Factory(lambda: random.randrange(1 << 31))
+    life: tuple[float, float] = (0.5, 2.0)
+    redis_url: str = REDIS_URL
+
+    def meta(self) -> dict[str, Any]:
+        return {"kills": self.kills, "rate": self.rate, "seed": self.seed,
+                "duration_cap": self.duration_cap}
+
+
+async def run_chaos(
+    options: ChaosOptions,
+    *,
+    pm: pluggy.PluginManager | None = None,
+    progress: Progress = lambda line: None,
+    environ: Mapping[str, str] | None = None,
+) -> list[ChaosRow]:
+    """Run chaos on every requested plugin x database, one after the other.
+
+    ``environ`` is the subprocess's environment (default: ours, minus the
+    ``SYNCD_*`` variables that would change its config or its plugins).
+    """
+    from syncd.manager import get_plugin_manager
+
+    pm = pm or get_plugin_manager()
+    subjects = find_subjects(pm, options.plugins, stem="chaos")
+    targets = resolve_databases(options.databases)
+    if not subjects:
+        progress("no installed plugin provides a workload; nothing to do")
+    rows = []
+    for subject in subjects:
+        for target in targets:
+            if not supports(subject.workload, target):
+                progress(f"[chaos] {subject.plugin}/{target.name}: skipped (the plugin "
+                         f"writes to {', '.join(subject.workload.dialects)} only)")
+                continue
+            rng = random.Random(f"{options.seed}:{subject.plugin}:{target.name}")
+            run = ChaosRun(subject, target, options, rng, progress, _child_env(environ))
+            rows.append(await run.run())
+    return rows
+
+
+def _child_env(environ: Mapping[str, str] | None) -> dict[str, str]:
+    base = dict(os.environ if environ is None else environ)
+    # The child's config is the file we write: no overrides, no crash points,
+    # and it must load plugins from their entry points.
+    return {k: v for k, v in base.items()
+            if not k.startswith("SYNCD_") or k.startswith("SYNCD_TEST_")}
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (kept for every restart of one run)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- the syncd subprocess -----------------------------------------------------------
+
+
+@attrs.define
+class SyncdProcess:
+    """``syncd serve`` as a child process that can be killed and restarted.
+
+    Attributes:
+        config: Path of its YAML config.
+        port: Its control plane's loopback port.
+        log: Where its stdout and stderr go (appended across restarts).
+        env: Its environment.
+    """
+
+    config: Path
+    port: int
+    log: Path
+    env: dict[str, str]
+    process: trio.Process | None = None
+    starts: int = 0
+    _log_file: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.running and self.process else None
+
+    async def start(self, *, wait: bool = True) -> None:
+        if self._log_file is None:
+            self._log_file = self.log.open("ab")
+        self.starts += 1
+        self._log_file.write(f"\n=== start #{self.starts} at {time.time():.3f} ===\n".encode())
+        self._log_file.flush()
+        self.process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "syncd", "serve", "--config", str(self.config)],
+            stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        if wait:
+            await self.wait_live()
+
+    async def wait_live(self) -> None:
+        """Until the control plane answers (the daemon has recovered and runs)."""
+        with trio.move_on_after(START_TIMEOUT):
+            while True:
+                if not self.running:
+                    code = self.process.returncode if self.process else None
+                    raise ChaosError(f"syncd serve exited with {code} while starting "
+                                     f"(see {self.log})")
+                try:
+                    await http(self.url, "GET", "/health/live", timeout=1.0)
+                    return
+                except (httpx.HTTPError, OSError):
+                    await trio.sleep(0.05)
+        raise ChaosError(f"syncd serve did not answer within {START_TIMEOUT:.0f} s "
+                         f"(see {self.log})")
+
+    async def kill(self) -> None:
+        """SIGKILL: no flush, no finally, exactly like a power cut of the process."""
+        if self.running and self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            await self.process.wait()
+
+    async def terminate(self, timeout: float) -> int | None:
+        """SIGTERM and wait for the graceful exit; None (and SIGKILL) if it hangs."""
+        if self.process is None:
+            return None
+        if self.running:
+            self.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(timeout):
+            return await self.process.wait()
+        await self.kill()
+        return None
+
+    def close(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+
+class ChaosError(Exception):
+    """The run could not be carried out (as opposed to syncd losing data)."""
+
+
+async def http(base: str, method: str, path: str, *, timeout: float = 5.0) -> Any:
+    """One request to the control plane, in a thread (sync httpx, no event-loop ties)."""
+
+    def call() -> Any:
+        response = httpx.request(method, base + path, timeout=timeout)
+        response.raise_for_status()
+        return response.json()
+
+    return await trio.to_thread.run_sync(call)
+
+
+# -- finding syncd's connections ------------------------------------------------------
+
+
+def tcp_connections(pid: int) -> list[tuple[int, int]]:
+    """``(local port, remote port)`` of every established TCP socket ``pid`` holds."""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        fds = list(fd_dir.iterdir())
+    except OSError:
+        return []  # it just died: nothing to kill
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != "01" or fields[9] not in inodes:  # 01: ESTABLISHED
+                continue
+            local = int(fields[1].rsplit(":", 1)[1], 16)
+            remote = int(fields[2].rsplit(":", 1)[1], 16)
+            found.append((local, remote))
+    return found
+
+
+def client_ports(pid: int, server_port: int) -> set[int]:
+    """Local ports of ``pid``'s connections to a server on ``server_port``."""
+    return {local for local, remote in tcp_connections(pid) if remote == server_port}
+
+
+def kill_redis_clients(env: WorkloadEnv, pid: int, redis_url: str) -> int:
+    """``CLIENT KILL`` every Redis connection of ``pid``; how many were killed."""
+    ports = client_ports(pid, urlsplit(redis_url).port or 6379)
+    if not ports:
+        return 0
+    killed = 0
+    for client in env.redis.client_list():
+        port = int(str(client.get("addr", ":0")).rsplit(":", 1)[1])
+        if port in ports:
+            with contextlib.suppress(Exception):  # it may have gone away by itself
+                killed += int(env.redis.client_kill_filter(_id=client["id"], skipme=True))
+    return killed
+
+
+def kill_db_connections(env: WorkloadEnv, pid: int) -> int:
+    """Kill every database connection of ``pid`` from the server side."""
+    if env.dialect == "sqlite":
+        return 0
+    default = 5432 if env.dialect == "postgresql" else 3306
+    ports = client_ports(pid, urlsplit(env.database_url).port or default)
+    if not ports:
+        return 0
+    conn = env.connect()
+    try:
+        cur = conn.cursor()
+        if env.dialect == "postgresql":
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE client_port = ANY(%s) AND pid <> pg_backend_pid()", (sorted(ports),))
+            killed = sum(1 for (done,) in cur.fetchall() if done)
+        else:
+            cur.execute("SELECT ID, HOST FROM information_schema.PROCESSLIST "
+                        "WHERE ID <> CONNECTION_ID()")
+            killed = 0
+            for thread_id, host in cur.fetchall():
+                if host and ":" in host and int(host.rsplit(":", 1)[1]) in ports:
+                    try:
+                        cur.execute(f"KILL CONNECTION {int(thread_id)}")
+                        killed += 1
+                    except Exception:
+                        pass  # it ended by itself meanwhile (ER_NO_SUCH_THREAD)
+        conn.commit()
+        return killed
+    finally:
+        conn.close()
+
+
+# -- one run --------------------------------------------------------------------------
+
+
+@attrs.define
+class ChaosRun:
+    """Chaos for one plugin on one database."""
+
+    subject: Subject
+    target: Target
+    options: ChaosOptions
+    rng: random.Random
+    progress: Progress
+    environ: dict[str, str]
+    row: ChaosRow = attrs.field(init=False)
+    produced: int = 0
+    _producing: bool = True
+    _produce_error: BaseException | None = None
+    _pending: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.row = ChaosRow(self.subject.plugin, self.target.name,
+                            faults={"sigkill": 0, "db_kill": 0, "redis_kill": 0, "pause": 0})
+
+    @property
+    def workload(self) -> Workload:
+        return self.subject.workload
+
+    @property
+    def label(self) -> str:
+        return f"{self.subject.plugin}/{self.target.name}"
+
+    async def run(self) -> ChaosRow:
+        started = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(prefix=f"syncd-chaos-{self.subject.plugin}-"))
+        port = free_port()
+        proc = SyncdProcess(self._write_config(tmp, port), port, tmp / "syncd.log",
+                            {**self.environ, "SYNCD_INSTANCE": self._instance})
+        self.row.log = str(proc.log)
+        with open_env(self.target.url, self.subject.prefix, self.options.redis_url) as env:
+            try:
+                await trio.to_thread.run_sync(self._setup, env)
+                await self._chaos(env, proc)
+                self.row.tally = await trio.to_thread.run_sync(
+                    self.workload.tally, env, self.produced)
+            except Exception as exc:
+                error = unwrap(exc)
+                self.row.error = (str(error) if isinstance(error, ChaosError)
+                                  else f"{type(error).__name__}: {error}")
+            finally:
+                with trio.CancelScope(shield=True):
+                    await proc.kill()
+                proc.close()
+            self.row.produced = self.produced
+            self.row.seconds = time.perf_counter() - started
+            if self.row.ok:
+                await trio.to_thread.run_sync(self._teardown, env)
+                shutil.rmtree(tmp, ignore_errors=True)
+                self.row.log = None
+        verdict = "ok" if self.row.ok else "FAILED"
+        self.progress(f"[chaos] {self.label}: {verdict} — {self._summary()}"
+                      + (f"; tally {self.row.tally}" if self.row.tally else "")
+                      + (f"; {self.row.error}" if self.row.error else "")
+                      + (f"; data kept under prefix {self.subject.prefix}, log {self.row.log}"
+                         if not self.row.ok else ""))
+        return self.row
+
+    @property
+    def _instance(self) -> str:
+        return f"chaos-{self.subject.prefix}"
+
+    def _write_config(self, tmp: Path, port: int) -> Path:
+        config = {
+            "redis": {"url": self.options.redis_url},
+            "databases": {self.target.name: self.target.url},
+            "http": {"enabled": True, "listen": f"127.0.0.1:{port}"},
+            "shutdown_grace": f"{GRACE:g}s",
+            "restart_backoff_max": "1s",
+            "log_level": "info",
+            "instance": self._instance,
+            "plugins": {self.subject.plugin: {**dict(self.workload.options),
+                                              "database": self.target.name}},
+        }
+        path = tmp / "syncd.yaml"
+        path.write_text(json.dumps(config, indent=2, default=str))  # JSON is YAML
+        return path
+
+    def _setup(self, env: WorkloadEnv) -> None:
+        clear_keys(env.redis, env.prefix)
+        if self.workload.teardown is not None:
+            self.workload.teardown(env)
+        self.workload.setup(env)
+
+    def _teardown(self, env: WorkloadEnv) -> None:
+        if self.workload.teardown is not None:
+            self.workload.teardown(env)
+        clear_keys(env.redis, env.prefix)
+
+    async def _chaos(self, env: WorkloadEnv, proc: SyncdProcess) -> None:
+        await proc.start()
+        interval = await self._interval(proc)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._produce, env)
+            status = trio.CancelScope()
+            nursery.start_soon(self._report_status, env, status)
+            try:
+                await self._inject_faults(env, proc)
+            finally:
+                self._producing = False
+                status.cancel()
+        if self._produce_error is not None:
+            raise ChaosError(f"producer failed: {self._produce_error!r}")
+        self._check_alive(proc)
+        if not proc.running:
+            await proc.start()
+        await proc.wait_live()
+        # Pause and resume come in pairs; this is only a safety net.
+        with contextlib.suppress(httpx.HTTPError, OSError):
+            await http(proc.url, "POST", f"/plugins/{self.subject.plugin}/resume")
+        self.progress(f"[chaos] {self.label}: producers stopped at {self.produced:,}; "
+                      f"draining")
+        await self._drain(env, proc, interval)
+        code = await proc.terminate(GRACE + 15)
+        self.row.exit_code = code
+        if code != 0:
+            raise ChaosError(f"syncd serve exited with {code} after SIGTERM (want 0)")
+
+    async def _interval(self, proc: SyncdProcess) -> float | None:
+        """The plugin's flush interval (0.0: none), or None if the daemon won't say."""
+        try:
+            status = await http(proc.url, "GET", f"/plugins/{self.subject.plugin}")
+        except (httpx.HTTPError, OSError):
+            return None
+        return float(status.get("interval") or 0.0)
+
+    async def _produce(self, env: WorkloadEnv) -> None:
+        """Produce at ``rate`` items/s, in small chunks, until told to stop.
+
+        A chunk in a thread always completes (no abandon), so ``produced`` is
+        exactly what reached Redis.
+        """
+        started = trio.current_time()
+        try:
+            while self._producing:
+                owed = int((trio.current_time() - started) * self.options.rate) - self.produced
+                if owed > 0:
+                    await trio.to_thread.run_sync(
+                        self.workload.produce, env, self.produced, owed)
+                    self.produced += owed
+                await trio.sleep(TICK)
+        except Exception as exc:
+            self._produce_error = exc
+            self._producing = False
+
+    async def _report_status(self, env: WorkloadEnv, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                await trio.sleep(STATUS_EVERY)
+                self._pending = await trio.to_thread.run_sync(self.workload.pending, env)
+                self.progress(f"[chaos] {self.label}: {self._summary()}, "
+                              f"pending {self._pending:,}")
+
+    def _summary(self) -> str:
+        f = self.row.faults
+        return (f"kills {f['sigkill']}/{self.options.kills}, db kills {f['db_kill']}, "
+                f"redis kills {f['redis_kill']}, pauses {f['pause']}, "
+                f"produced {self.produced:,}")
+
+    async def _inject_faults(self, env: WorkloadEnv, proc: SyncdProcess) -> None:
+        """Until ``kills`` SIGKILLs are done: let syncd live a random while,
+        poking it with the milder faults, then kill it and start it again."""
+        deadline = trio.current_time() + self.options.duration_cap
+        faults = self.row.faults
+        while faults["sigkill"] < self.options.kills and trio.current_time() < deadline:
+            if self._produce_error is not None:
+                return
+            end = trio.current_time() + self.rng.uniform(*self.options.life)
+            while (left := end - trio.current_time()) > 0:
+                await trio.sleep(min(left, self.rng.uniform(0.05, 0.5)))
+                if trio.current_time() < end and proc.running:
+                    await self._mild_fault(env, proc)
+            self._check_alive(proc)
+            await proc.kill()
+            faults["sigkill"] += 1
+            # Sometimes stay down a moment, so a backlog builds up.
+            if self.rng.random() < 0.3:
+                await trio.sleep(self.rng.uniform(0.1, 1.0))
+            # Sometimes kill it again before it is even up (during recovery).
+            await proc.start(wait=self.rng.random() >= 0.15)
+
+    def _check_alive(self, proc: SyncdProcess) -> None:
+        """syncd must never exit by itself: a daemon that dies is a bug, even if
+        the restart hides it."""
+        if proc.process is not None and proc.process.returncode is not None:
+            self.row.crashes.append(proc.process.returncode)
+            self.progress(f"[chaos] {self.label}: syncd serve exited by itself with "
+                          f"{proc.process.returncode} (see {proc.log})")
+
+    async def _mild_fault(self, env: WorkloadEnv, proc: SyncdProcess) -> None:
+        pid = proc.pid
+        if pid is None:
+            return
+        kind = self.rng.choice(["db_kill", "redis_kill", "pause", "none"])
+        faults = self.row.faults
+        if kind == "db_kill":
+            if await trio.to_thread.run_sync(kill_db_connections, env, pid):
+                faults["db_kill"] += 1
+        elif kind == "redis_kill":
+            if await trio.to_thread.run_sync(kill_redis_clients, env, pid,
+                                             self.options.redis_url):
+                faults["redis_kill"] += 1
+        elif kind == "pause":
+            base, name = proc.url, self.subject.plugin
+            try:
+                await http(base, "POST", f"/plugins/{name}/pause")
+                await trio.sleep(self.rng.uniform(0.05, 0.6))
+                await http(base, "POST", f"/plugins/{name}/resume")
+                faults["pause"] += 1
+            except (httpx.HTTPError, OSError):
+                pass  # not up yet, or killed meanwhile: a restart starts unpaused
+
+    async def _drain(self, env: WorkloadEnv, proc: SyncdProcess, interval: float | None) -> None:
+        """Until nothing is pending; flush interval plugins as their timer would."""
+        started = trio.current_time()
+        name = self.subject.plugin
+        with trio.move_on_after(self.options.drain_timeout) as scope:
+            while True:
+                if interval is None or interval > 0:
+                    # Failing while starting, or on a backend hiccup: try again.
+                    with contextlib.suppress(httpx.HTTPError, OSError):
+                        await http(proc.url, "POST", f"/plugins/{name}/flush",
+                                   timeout=max(30.0, self.options.drain_timeout))
+                self._pending = await trio.to_thread.run_sync(self.workload.pending, env)
+                if self._pending == 0:
+                    break
+                await trio.sleep(0.1)
+        self.row.drain_seconds = trio.current_time() - started
+        if scope.cancelled_caught:
+            raise ChaosError(f"syncd did not drain within {self.options.drain_timeout:.0f} s "
+                             f"({self._pending} pending){await self._last_error(proc)}")
+
+    async def _last_error(self, proc: SyncdProcess) -> str:
+        """The plugin's last error as the daemon reports it, for the failure message."""
+        try:
+            status = await http(proc.url, "GET", f"/plugins/{self.subject.plugin}")
+        except (httpx.HTTPError, OSError):
+            return ""
+        error = status.get("last_error") or {}
+        if not error:
+            return f"; plugin state {status.get('state')}"
+        message = str(error.get("message", ""))[:300]
+        return f"; plugin state {status.get('state')}, last error {error.get('type')}: {message}"
