@@ -77,7 +77,8 @@ class Metrics:
         self.database_errors = Counter(
             "database_errors", "Database connection errors.", ["database"], registry=r)
         self.health_checks = Counter(
-            "health_checks", "Readiness checks answered, by status.", ["status"], registry=r)
+            "health_checks", "/health and /health/ready answers, by status.", ["status"],
+            registry=r)
 
     def set_state(self, plugin: str, state: str) -> None:
         for name in STATES:
