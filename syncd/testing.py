@@ -20,6 +20,8 @@ import pytest
 import redis
 import trio
 
+from syncd.redis import RedisHandle
+
 REDIS_URL = os.environ.get("SYNCD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_URL = os.environ.get("SYNCD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("SYNCD_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
@@ -64,6 +66,15 @@ def _redis_client(prefix: str) -> Iterator[redis.Redis]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture(name="redis_handle")
+async def _redis_handle(redis_client: redis.Redis) -> AsyncIterator[RedisHandle]:
+    """syncd's own Redis handle; closed afterwards, and (via ``redis_client``) every
+    key under ``prefix`` is deleted once it is closed."""
+    handle = RedisHandle.from_url(REDIS_URL, pool_size=8)
+    yield handle
+    handle.close()
 
 
 def daemon_config(

@@ -15,7 +15,7 @@ import pytest
 import redis
 import yaml
 
-from syncd.testing import PG_URL, REDIS_URL
+from syncd.testing import MYSQL_URL, PG_URL, REDIS_URL
 
 TESTS = Path(__file__).parent
 
@@ -187,7 +187,7 @@ class TestCommands:
 
     def test_check_ok(self, env: dict[str, str], tmp_path: Path, prefix: str) -> None:
         config = write_config(tmp_path, prefix, databases={
-            "default": PG_URL, "mysql": "mysql://root@127.0.0.1:3306/test",
+            "default": PG_URL, "mysql": MYSQL_URL,
             "lite": f"sqlite:///{tmp_path / 'x.db'}",
         })
         result = syncd("check", "--show", "--config", str(config), env=env)

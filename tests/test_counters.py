@@ -7,12 +7,9 @@ and a snapshot whose id is in the ledger is skipped.
 
 from __future__ import annotations
 
-import os
 import random
 import threading
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 
 import attrs
 import pytest
@@ -23,30 +20,7 @@ import trio.lowlevel
 from syncd.counters import CounterSnapshots, Snapshot
 from syncd.deadletter import DeadLetter
 from syncd.redis import RedisHandle
-
-REDIS_URL = os.environ.get("SYNCD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture
-def pfx() -> str:
-    return f"t:{uuid.uuid4().hex[:8]}:"
-
-
-@pytest.fixture
-def rc(pfx: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    keys = list(client.scan_iter(match=f"{pfx}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
-async def handle(rc: redis.Redis) -> AsyncIterator[RedisHandle]:
-    h = RedisHandle.from_url(REDIS_URL, pool_size=8)
-    yield h
-    h.close()
+from syncd.testing import REDIS_URL
 
 
 @attrs.define
@@ -71,68 +45,70 @@ class Sums:
         return True
 
 
-def snaps(handle: RedisHandle, pfx: str, kind: str = "hash") -> CounterSnapshots:
+def snaps(handle: RedisHandle, prefix: str, kind: str = "hash") -> CounterSnapshots:
     if kind == "hash":
-        return CounterSnapshots(handle, f"{pfx}node:*:traffic", f"{pfx}inflight:traffic")
-    return CounterSnapshots(handle, f"{pfx}vod:views:*", f"{pfx}inflight:views", kind="string")
+        return CounterSnapshots(handle, f"{prefix}:node:*:traffic", f"{prefix}:inflight:traffic")
+    return CounterSnapshots(
+        handle, f"{prefix}:vod:views:*", f"{prefix}:inflight:views", kind="string"
+    )
 
 
-def inflight_keys(rc: redis.Redis, pfx: str) -> list[bytes]:
-    return list(rc.scan_iter(match=f"{pfx}inflight:*"))
+def inflight_keys(redis_client: redis.Redis, prefix: str) -> list[bytes]:
+    return list(redis_client.scan_iter(match=f"{prefix}:inflight:*"))
 
 
 async def test_snapshot_moves_counters_and_commit_clears_them(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
     for node in range(3):
-        rc.hincrby(f"{pfx}node:{node}:traffic", "upload", 10 + node)
-        rc.hincrby(f"{pfx}node:{node}:traffic", "download", 100 + node)
-        rc.expire(f"{pfx}node:{node}:traffic", 86400)
-    cs = snaps(handle, pfx)
+        redis_client.hincrby(f"{prefix}:node:{node}:traffic", "upload", 10 + node)
+        redis_client.hincrby(f"{prefix}:node:{node}:traffic", "download", 100 + node)
+        redis_client.expire(f"{prefix}:node:{node}:traffic", 86400)
+    cs = snaps(redis_handle, prefix)
     snap = await cs.snapshot(100)
     assert snap is not None and not snap.recovered and len(snap) == 3
     assert dict(snap.entries) == {
-        f"{pfx}node:{n}:traffic": {
+        f"{prefix}:node:{n}:traffic": {
             "upload": str(10 + n).encode(),
             "download": str(100 + n).encode(),
         }
         for n in range(3)
     }
     # The originals are gone; new increments start a fresh key (the next flush).
-    assert not rc.exists(*(f"{pfx}node:{n}:traffic" for n in range(3)))
-    rc.hincrby(f"{pfx}node:0:traffic", "upload", 5)
-    assert rc.get(cs.current_key) == snap.id.encode()
-    for key in inflight_keys(rc, pfx):
-        assert rc.ttl(key) == -1  # in-flight data never expires
+    assert not redis_client.exists(*(f"{prefix}:node:{n}:traffic" for n in range(3)))
+    redis_client.hincrby(f"{prefix}:node:0:traffic", "upload", 5)
+    assert redis_client.get(cs.current_key) == snap.id.encode()
+    for key in inflight_keys(redis_client, prefix):
+        assert redis_client.ttl(key) == -1  # in-flight data never expires
     assert await cs.commit(snap)
-    assert inflight_keys(rc, pfx) == []
+    assert inflight_keys(redis_client, prefix) == []
     nxt = await cs.snapshot(100)
     assert nxt is not None and nxt.id != snap.id
-    assert nxt.entries == [(f"{pfx}node:0:traffic", {"upload": b"5"})]
+    assert nxt.entries == [(f"{prefix}:node:0:traffic", {"upload": b"5"})]
     assert await cs.commit(nxt)
     assert await cs.snapshot(100) is None
 
 
 async def test_crash_between_snapshot_and_commit_recovers_same_snapshot(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
     for node in range(5):
-        rc.hincrby(f"{pfx}node:{node}:traffic", "upload", node + 1)
-        rc.expire(f"{pfx}node:{node}:traffic", 86400)
+        redis_client.hincrby(f"{prefix}:node:{node}:traffic", "upload", node + 1)
+        redis_client.expire(f"{prefix}:node:{node}:traffic", 86400)
     sums = Sums()
-    first = await snaps(handle, pfx).snapshot(100)
+    first = await snaps(redis_handle, prefix).snapshot(100)
     assert first is not None
-    rc.hincrby(f"{pfx}node:1:traffic", "upload", 1000)  # after the snapshot
+    redis_client.hincrby(f"{prefix}:node:1:traffic", "upload", 1000)  # after the snapshot
     # "kill -9": the Snapshot object is gone. A new process finds it in flight.
-    cs = snaps(handle, pfx)
+    cs = snaps(redis_handle, prefix)
     again = await cs.snapshot(100)
     assert again is not None and again.recovered and again.id == first.id
     assert sorted(again.entries) == sorted(first.entries)
-    for key in inflight_keys(rc, pfx):
-        assert rc.ttl(key) == -1
+    for key in inflight_keys(redis_client, prefix):
+        assert redis_client.ttl(key) == -1
     assert sums.apply(again)
     # Crash after the SQL commit, before Redis commit: replayed, ledger skips it.
-    replay = await snaps(handle, pfx).snapshot(100)
+    replay = await snaps(redis_handle, prefix).snapshot(100)
     assert replay is not None and replay.id == first.id
     assert not sums.apply(replay)
     assert await cs.commit(replay)
@@ -141,53 +117,56 @@ async def test_crash_between_snapshot_and_commit_recovers_same_snapshot(
         sums.apply(snap)
         assert await cs.commit(snap)
     assert sums.totals == Counter(
-        {(f"{pfx}node:{n}:traffic", "upload"): n + 1 + (1000 if n == 1 else 0) for n in range(5)}
+        {
+            (f"{prefix}:node:{n}:traffic", "upload"): n + 1 + (1000 if n == 1 else 0)
+            for n in range(5)
+        }
     )
 
 
 async def test_commit_pushes_dead_letters_atomically(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
-    rc.hset(f"{pfx}node:x:traffic", mapping={"upload": "abc", "weird": "1"})
-    cs = snaps(handle, pfx)
+    redis_client.hset(f"{prefix}:node:x:traffic", mapping={"upload": "abc", "weird": "1"})
+    cs = snaps(redis_handle, prefix)
     snap = await cs.snapshot(10)
     assert snap is not None
-    dead = [DeadLetter(f"{pfx}dead", repr(snap.entries[0]), "not an integer", "traffic")]
+    dead = [DeadLetter(f"{prefix}:dead", repr(snap.entries[0]), "not an integer", "traffic")]
     assert not await cs.commit(attrs.evolve(snap, id="stale"), dead)
-    assert rc.llen(f"{pfx}dead") == 0 and inflight_keys(rc, pfx)
+    assert redis_client.llen(f"{prefix}:dead") == 0 and inflight_keys(redis_client, prefix)
     assert await cs.commit(snap, dead)
-    assert rc.lrange(f"{pfx}dead", 0, -1) == [dead[0].encode()]
-    assert inflight_keys(rc, pfx) == []
+    assert redis_client.lrange(f"{prefix}:dead", 0, -1) == [dead[0].encode()]
+    assert inflight_keys(redis_client, prefix) == []
 
 
 async def test_string_counters_and_other_types_left_alone(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
     for vod in range(10):
-        rc.incrby(f"{pfx}vod:views:{vod}", vod + 1)
-    rc.hset(f"{pfx}vod:views:not-a-counter", "a", "1")  # matches, wrong type
-    cs = snaps(handle, pfx, kind="string")
+        redis_client.incrby(f"{prefix}:vod:views:{vod}", vod + 1)
+    redis_client.hset(f"{prefix}:vod:views:not-a-counter", "a", "1")  # matches, wrong type
+    cs = snaps(redis_handle, prefix, kind="string")
     snap = await cs.snapshot(100)
     assert snap is not None
-    assert dict(snap.entries) == {f"{pfx}vod:views:{v}": str(v + 1).encode() for v in range(10)}
+    assert dict(snap.entries) == {f"{prefix}:vod:views:{v}": str(v + 1).encode() for v in range(10)}
     assert await cs.pending() == 10  # in flight, still counted as backlog
     assert await cs.commit(snap)
     assert await cs.snapshot(100) is None
     assert await cs.pending() == 0
-    assert rc.hget(f"{pfx}vod:views:not-a-counter", "a") == b"1"
+    assert redis_client.hget(f"{prefix}:vod:views:not-a-counter", "a") == b"1"
     with pytest.raises(ValueError):
-        CounterSnapshots(handle, "x", "y", kind="set")  # type: ignore[arg-type]
+        CounterSnapshots(redis_handle, "x", "y", kind="set")  # type: ignore[arg-type]
 
 
 async def test_in_flight_keys_are_not_taken_again(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
     # A pattern broad enough to match the in-flight area too.
-    cs = CounterSnapshots(handle, f"{pfx}*", f"{pfx}inflight", kind="string")
-    rc.incrby(f"{pfx}a", 1)
+    cs = CounterSnapshots(redis_handle, f"{prefix}:*", f"{prefix}:inflight", kind="string")
+    redis_client.incrby(f"{prefix}:a", 1)
     first = await cs.snapshot(10)
     assert first is not None
-    other = CounterSnapshots(handle, f"{pfx}*", f"{pfx}inflight", kind="string")
+    other = CounterSnapshots(redis_handle, f"{prefix}:*", f"{prefix}:inflight", kind="string")
     again = await other.snapshot(10)
     assert again is not None and again.id == first.id and again.entries == first.entries
     assert await other.commit(again)
@@ -196,14 +175,14 @@ async def test_in_flight_keys_are_not_taken_again(
 
 @pytest.mark.slow
 async def test_thousands_of_keys_in_several_batches(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
     n = 5000
-    with rc.pipeline(transaction=False) as pipe:
+    with redis_client.pipeline(transaction=False) as pipe:
         for vod in range(n):
-            pipe.incrby(f"{pfx}vod:views:{vod}", vod)
+            pipe.incrby(f"{prefix}:vod:views:{vod}", vod)
         pipe.execute()
-    cs = snaps(handle, pfx, kind="string")
+    cs = snaps(redis_handle, prefix, kind="string")
     cs.scan_count = 500
     assert await cs.pending() == n
     assert await cs.pending(cap=100) == 100
@@ -214,13 +193,13 @@ async def test_thousands_of_keys_in_several_batches(
         assert sums.apply(snap)
         assert await cs.commit(snap)
     assert sum(sizes) == n and max(sizes) <= 1200 and len(sizes) >= 5
-    assert sums.totals == Counter({(f"{pfx}vod:views:{v}", ""): v for v in range(n) if v})
-    assert await cs.pending() == 0 and inflight_keys(rc, pfx) == []
+    assert sums.totals == Counter({(f"{prefix}:vod:views:{v}", ""): v for v in range(n) if v})
+    assert await cs.pending() == 0 and inflight_keys(redis_client, prefix) == []
 
 
 @pytest.mark.slow
 async def test_concurrent_increments_with_crashes_sum_exactly(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
     """Producers HINCRBY (with the app's EXPIRE) while flushes run and "crash".
 
@@ -239,7 +218,7 @@ async def test_concurrent_increments_with_crashes_sum_exactly(
             for _ in range(0, per_thread, 50):
                 with client.pipeline(transaction=False) as pipe:
                     for _i in range(50):
-                        key = f"{pfx}node:{rng.randrange(nodes)}:traffic"
+                        key = f"{prefix}:node:{rng.randrange(nodes)}:traffic"
                         field = rng.choice(["upload", "download"])
                         amount = rng.randrange(1, 10_000)
                         pipe.hincrby(key, field, amount)
@@ -254,7 +233,7 @@ async def test_concurrent_increments_with_crashes_sum_exactly(
     crashes = Counter[str]()
 
     async def flusher() -> None:
-        cs = snaps(handle, pfx)
+        cs = snaps(redis_handle, prefix)
         while True:
             finished = done.is_set()
             snap = await cs.snapshot(rng.choice([7, 50, 300]))
@@ -265,14 +244,14 @@ async def test_concurrent_increments_with_crashes_sum_exactly(
                 continue
             if rng.random() < 0.1:
                 crashes["before-apply"] += 1
-                cs = snaps(handle, pfx)  # a new process, same in-flight data
+                cs = snaps(redis_handle, prefix)  # a new process, same in-flight data
                 continue
             if sums.apply(snap) and not finished:
                 crashes["applied-during-production"] += 1
             await trio.lowlevel.checkpoint()
             if rng.random() < 0.1:
                 crashes["before-commit"] += 1
-                cs = snaps(handle, pfx)
+                cs = snaps(redis_handle, prefix)
                 continue
             await cs.commit(snap)
 
@@ -291,4 +270,4 @@ async def test_concurrent_increments_with_crashes_sum_exactly(
     assert crashes["before-apply"] > 0 and crashes["before-commit"] > 0, crashes
     assert crashes["applied-during-production"] > 10, crashes  # flushes raced the producers
     assert sums.skipped >= crashes["before-commit"]
-    assert list(rc.scan_iter(match=f"{pfx}*")) == []
+    assert list(redis_client.scan_iter(match=f"{prefix}:*")) == []

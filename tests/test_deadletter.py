@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 
 import pytest
@@ -14,30 +12,6 @@ import redis
 from syncd import deadletter
 from syncd.deadletter import DeadLetter, push_dead_letters, script_args
 from syncd.redis import RedisHandle
-
-REDIS_URL = os.environ.get("SYNCD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture
-def pfx() -> str:
-    return f"t:{uuid.uuid4().hex[:8]}:"
-
-
-@pytest.fixture
-def rc(pfx: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    keys = list(client.scan_iter(match=f"{pfx}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
-async def handle(rc: redis.Redis) -> AsyncIterator[RedisHandle]:
-    h = RedisHandle.from_url(REDIS_URL, pool_size=4)
-    yield h
-    h.close()
 
 
 def test_text_payload_is_stored_as_text() -> None:
@@ -86,22 +60,22 @@ def test_script_args_indexes_lists_in_first_seen_order() -> None:
 
 
 async def test_push_count_read_round_trip_large_and_binary(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
     big_binary = os.urandom(3 * 1024 * 1024) + b"\x00\xff"
     big_text = ("x\x00é" * 1_000_000).encode()  # ~4 MB of valid UTF-8 with NULs
     entries = [
-        DeadLetter(f"{pfx}dead", b"first", "r1", "votes"),
-        DeadLetter(f"{pfx}other", big_binary, "r2", "votes"),
-        DeadLetter(f"{pfx}dead", big_text, "r3", "votes"),
+        DeadLetter(f"{prefix}:dead", b"first", "r1", "votes"),
+        DeadLetter(f"{prefix}:other", big_binary, "r2", "votes"),
+        DeadLetter(f"{prefix}:dead", big_text, "r3", "votes"),
     ]
-    assert await push_dead_letters(handle, entries) == 3
-    assert await push_dead_letters(handle, []) == 0
-    assert await deadletter.count(handle, f"{pfx}dead") == 2
-    assert await deadletter.count(handle, f"{pfx}other") == 1
-    dead = await deadletter.read(handle, f"{pfx}dead")
+    assert await push_dead_letters(redis_handle, entries) == 3
+    assert await push_dead_letters(redis_handle, []) == 0
+    assert await deadletter.count(redis_handle, f"{prefix}:dead") == 2
+    assert await deadletter.count(redis_handle, f"{prefix}:other") == 1
+    dead = await deadletter.read(redis_handle, f"{prefix}:dead")
     assert [d.payload_bytes for d in dead] == [b"first", big_text]  # oldest first
     assert [d.reason for d in dead] == ["r1", "r3"]
-    (other,) = await deadletter.read(handle, f"{pfx}other")
+    (other,) = await deadletter.read(redis_handle, f"{prefix}:other")
     assert other.payload_bytes == big_binary
-    assert other == DeadLetter(f"{pfx}other", big_binary, "r2", "votes", at=entries[1].at)
+    assert other == DeadLetter(f"{prefix}:other", big_binary, "r2", "votes", at=entries[1].at)

@@ -9,13 +9,11 @@ exactly once, and nothing is left in Redis.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import socket
 import threading
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import attrs
 import pytest
@@ -29,34 +27,9 @@ from syncd.deadletter import DeadLetter
 from syncd.errors import RedisUnavailable
 from syncd.queue import Batch, ReliableQueue
 from syncd.redis import RedisHandle
-
-REDIS_URL = os.environ.get("SYNCD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
+from syncd.testing import REDIS_URL, unique_prefix
 
 # -- fixtures and helpers ------------------------------------------------------------
-
-
-@pytest.fixture
-def pfx() -> str:
-    return f"t:{uuid.uuid4().hex[:8]}:"
-
-
-@pytest.fixture
-def rc(pfx: str) -> Iterator[redis.Redis]:
-    """A plain client for setup and inspection; deletes the test's keys afterwards."""
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    keys = list(client.scan_iter(match=f"{pfx}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
-async def handle(rc: redis.Redis) -> AsyncIterator[RedisHandle]:
-    h = RedisHandle.from_url(REDIS_URL, pool_size=8)
-    yield h
-    h.close()
 
 
 @attrs.define
@@ -88,14 +61,16 @@ def items(n: int, tag: str = "i") -> list[bytes]:
     return [f"{tag}{k:06d}".encode() for k in range(n)]
 
 
-def produce(rc: redis.Redis, key: str, values: list[bytes], chunk: int = 1000) -> None:
+def produce(redis_client: redis.Redis, key: str, values: list[bytes], chunk: int = 1000) -> None:
     """LPUSH one by one, as the application would (oldest ends up at the right)."""
     for start in range(0, len(values), chunk):
-        rc.lpush(key, *values[start : start + chunk])
+        redis_client.lpush(key, *values[start : start + chunk])
 
 
-def assert_drained(rc: redis.Redis, source: str) -> None:
-    leftovers = [k for k in rc.scan_iter(match=f"{source}*") if not k.endswith(b":consumers")]
+def assert_drained(redis_client: redis.Redis, source: str) -> None:
+    leftovers = [
+        k for k in redis_client.scan_iter(match=f"{source}*") if not k.endswith(b":consumers")
+    ]
     leftovers = [k for k in leftovers if b":consumer:" not in k]
     assert leftovers == [], leftovers
 
@@ -113,12 +88,14 @@ async def drain(q: ReliableQueue, ledger: Ledger, max_items: int = 100) -> int:
 # -- order and batching --------------------------------------------------------------
 
 
-async def test_fifo_order_across_batches(handle: RedisHandle, rc: redis.Redis, pfx: str) -> None:
-    source = f"{pfx}votes"
+async def test_fifo_order_across_batches(
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
+) -> None:
+    source = f"{prefix}:votes"
     produced = items(250)
     for item in produced:  # one LPUSH per item: the app's order is the push order
-        rc.lpush(source, item)
-    q = ReliableQueue(handle, source, "c1")
+        redis_client.lpush(source, item)
+    q = ReliableQueue(redis_handle, source, "c1")
     seen: list[bytes] = []
     sizes = []
     while (batch := await q.take(100, 0.0, 0.05)) is not None:
@@ -132,30 +109,30 @@ async def test_fifo_order_across_batches(handle: RedisHandle, rc: redis.Redis, p
 
 
 async def test_batch_closes_at_max_items_without_waiting(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
-    source = f"{pfx}q"
-    produce(rc, source, items(50))
-    q = ReliableQueue(handle, source, "c1")
+    source = f"{prefix}:q"
+    produce(redis_client, source, items(50))
+    q = ReliableQueue(redis_handle, source, "c1")
     start = trio.current_time()
     batch = await q.take(20, max_wait=5.0, block=1.0)
     assert batch is not None and len(batch) == 20
     assert trio.current_time() - start < 1.0
     assert await q.processing_length() == 20
     assert await q.length() == 30
-    assert rc.get(f"{source}:processing:c1:batch") == batch.id.encode()
+    assert redis_client.get(f"{source}:processing:c1:batch") == batch.id.encode()
 
 
 async def test_batch_closes_at_max_wait_with_a_trickle(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
-    source = f"{pfx}q"
-    q = ReliableQueue(handle, source, "c1")
+    source = f"{prefix}:q"
+    q = ReliableQueue(redis_handle, source, "c1")
     produced = items(200)
 
     async def trickle() -> None:
         for item in produced:
-            await trio.to_thread.run_sync(rc.lpush, source, item)
+            await trio.to_thread.run_sync(redis_client.lpush, source, item)
             await trio.sleep(0.01)
 
     async with trio.open_nursery() as nursery:
@@ -173,9 +150,9 @@ async def test_batch_closes_at_max_wait_with_a_trickle(
 
 
 async def test_take_returns_none_when_nothing_arrives(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
-    q = ReliableQueue(handle, f"{pfx}q", "c1", block_slice=0.1)
+    q = ReliableQueue(redis_handle, f"{prefix}:q", "c1", block_slice=0.1)
     start = trio.current_time()
     assert await q.take(10, 0.1, block=0.35) is None  # several BLMOVE slices
     assert 0.3 <= trio.current_time() - start < 0.8
@@ -185,15 +162,15 @@ async def test_take_returns_none_when_nothing_arrives(
 
 
 async def test_item_arriving_during_block_is_taken_at_once(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
-    source = f"{pfx}q"
-    q = ReliableQueue(handle, source, "c1")
+    source = f"{prefix}:q"
+    q = ReliableQueue(redis_handle, source, "c1")
     async with trio.open_nursery() as nursery:
 
         async def later() -> None:
             await trio.sleep(0.2)
-            await trio.to_thread.run_sync(rc.lpush, source, b"late")
+            await trio.to_thread.run_sync(redis_client.lpush, source, b"late")
 
         nursery.start_soon(later)
         start = trio.current_time()
@@ -206,14 +183,14 @@ async def test_item_arriving_during_block_is_taken_at_once(
 
 
 async def test_crash_leftover_with_id_is_recovered_as_is(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
-    source = f"{pfx}q"
-    produce(rc, source, items(30))
-    first = await ReliableQueue(handle, source, "c1").take(10, 0.0, 0.1)
+    source = f"{prefix}:q"
+    produce(redis_client, source, items(30))
+    first = await ReliableQueue(redis_handle, source, "c1").take(10, 0.0, 0.1)
     assert first is not None
     # "Crash": the object is gone; a restart with the same consumer id finds it.
-    restarted = ReliableQueue(handle, source, "c1")
+    restarted = ReliableQueue(redis_handle, source, "c1")
     again = await restarted.take(5, 0.0, 0.1)  # smaller max_items: the batch stays whole
     assert again == Batch(first.id, first.items, "c1", recovered=True)
     assert await restarted.ack(again)
@@ -223,28 +200,30 @@ async def test_crash_leftover_with_id_is_recovered_as_is(
 
 
 async def test_crash_leftover_without_id_gets_a_stable_id(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
-    source = f"{pfx}q"
-    produce(rc, source, items(5))
+    source = f"{prefix}:q"
+    produce(redis_client, source, items(5))
     # A crash between BLMOVE and the fill script: items moved, no batch id yet.
     for _ in range(3):
-        rc.lmove(source, f"{source}:processing:c1", "RIGHT", "LEFT")
-    q = ReliableQueue(handle, source, "c1")
+        redis_client.lmove(source, f"{source}:processing:c1", "RIGHT", "LEFT")
+    q = ReliableQueue(redis_handle, source, "c1")
     batch = await q.take(100, 0.5, 0.1)
     assert batch is not None and batch.recovered
     assert batch.items == items(5)[:3]
-    again = await ReliableQueue(handle, source, "c1").take(100, 0.5, 0.1)
+    again = await ReliableQueue(redis_handle, source, "c1").take(100, 0.5, 0.1)
     assert again is not None and again.id == batch.id and again.items == batch.items
 
 
-async def test_cancelled_take_loses_nothing(handle: RedisHandle, rc: redis.Redis, pfx: str) -> None:
-    source = f"{pfx}q"
-    q = ReliableQueue(handle, source, "c1")
-    rc.lpush(source, b"a")
+async def test_cancelled_take_loses_nothing(
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
+) -> None:
+    source = f"{prefix}:q"
+    q = ReliableQueue(redis_handle, source, "c1")
+    redis_client.lpush(source, b"a")
     with trio.move_on_after(0.2):  # cancelled while it tops up the batch
         await q.take(100, max_wait=5.0, block=1.0)
-    rc.lpush(source, b"b")
+    redis_client.lpush(source, b"b")
     batch = await q.take(100, max_wait=0.0, block=0.1)
     assert batch is not None and batch.recovered and batch.items == [b"a"]
     assert await q.ack(batch)
@@ -253,20 +232,20 @@ async def test_cancelled_take_loses_nothing(handle: RedisHandle, rc: redis.Redis
 
 
 async def test_stale_or_wrong_ack_does_nothing(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
-    source = f"{pfx}q"
-    produce(rc, source, items(10))
-    q = ReliableQueue(handle, source, "c1")
+    source = f"{prefix}:q"
+    produce(redis_client, source, items(10))
+    q = ReliableQueue(redis_handle, source, "c1")
     batch = await q.take(4, 0.0, 0.1)
     assert batch is not None
-    dead = [DeadLetter(f"{pfx}dead", b"x", "nope", "test")]
+    dead = [DeadLetter(f"{prefix}:dead", b"x", "nope", "test")]
     assert not await q.ack(attrs.evolve(batch, id="not-the-id"), dead)
-    assert await q.processing_length() == 4 and rc.llen(f"{pfx}dead") == 0
+    assert await q.processing_length() == 4 and redis_client.llen(f"{prefix}:dead") == 0
     assert await q.ack(batch)
     assert await q.processing_length() == 0
     assert not await q.ack(batch, dead)  # twice: already gone
-    assert rc.llen(f"{pfx}dead") == 0
+    assert redis_client.llen(f"{prefix}:dead") == 0
     # A stale ack of an old batch cannot remove the next one.
     nxt = await q.take(4, 0.0, 0.1)
     assert nxt is not None
@@ -275,22 +254,23 @@ async def test_stale_or_wrong_ack_does_nothing(
 
 
 async def test_dead_letters_are_pushed_with_the_ack(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
-    source = f"{pfx}q"
-    rc.lpush(source, b"good", b"\xffbad", b"worse")
-    q = ReliableQueue(handle, source, "c1")
+    source = f"{prefix}:q"
+    redis_client.lpush(source, b"good", b"\xffbad", b"worse")
+    q = ReliableQueue(redis_handle, source, "c1")
     batch = await q.take(10, 0.0, 0.1)
     assert batch is not None and batch.items == [b"good", b"\xffbad", b"worse"]
     dead = [
-        DeadLetter(f"{pfx}dead", batch.items[1], "not utf-8", "votes"),
-        DeadLetter(f"{pfx}dead2", batch.items[2], "other list", "votes"),
+        DeadLetter(f"{prefix}:dead", batch.items[1], "not utf-8", "votes"),
+        DeadLetter(f"{prefix}:dead2", batch.items[2], "other list", "votes"),
     ]
     assert await q.ack(batch, dead)
-    assert [DeadLetter.decode(f"{pfx}dead", raw) for raw in rc.lrange(f"{pfx}dead", 0, -1)] == [
-        dead[0]
-    ]
-    assert rc.lrange(f"{pfx}dead2", 0, -1) == [dead[1].encode()]
+    assert [
+        DeadLetter.decode(f"{prefix}:dead", raw)
+        for raw in redis_client.lrange(f"{prefix}:dead", 0, -1)
+    ] == [dead[0]]
+    assert redis_client.lrange(f"{prefix}:dead2", 0, -1) == [dead[1].encode()]
     assert await q.processing_length() == 0
 
 
@@ -298,36 +278,36 @@ async def test_dead_letters_are_pushed_with_the_ack(
 
 
 async def test_heartbeat_registry_and_clean_close(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
-    source = f"{pfx}q"
-    q = ReliableQueue(handle, source, "c1", heartbeat_ttl=0.3)
-    other = ReliableQueue(handle, source, "c2", heartbeat_ttl=0.3)
+    source = f"{prefix}:q"
+    q = ReliableQueue(redis_handle, source, "c1", heartbeat_ttl=0.3)
+    other = ReliableQueue(redis_handle, source, "c2", heartbeat_ttl=0.3)
     async with trio.open_nursery() as nursery:
         await nursery.start(q.serve_heartbeat)
-        assert rc.sismember(f"{source}:consumers", "c1")
-        assert 0 < rc.pttl(f"{source}:consumer:c1") <= 300
+        assert redis_client.sismember(f"{source}:consumers", "c1")
+        assert 0 < redis_client.pttl(f"{source}:consumer:c1") <= 300
         await trio.sleep(0.5)  # beats outlive the TTL
-        assert rc.exists(f"{source}:consumer:c1")
+        assert redis_client.exists(f"{source}:consumer:c1")
         assert await other.orphans() == []
         nursery.cancel_scope.cancel()
     await trio.sleep(0.35)
     assert await other.orphans() == ["c1"]
     assert await q.close()
-    assert not rc.sismember(f"{source}:consumers", "c1")
+    assert not redis_client.sismember(f"{source}:consumers", "c1")
     # With a batch in flight, close keeps the consumer visible to reclaim.
-    rc.lpush(source, b"x")
+    redis_client.lpush(source, b"x")
     assert await q.take(10, 0.0, 0.1) is not None
     assert not await q.close()
-    assert rc.sismember(f"{source}:consumers", "c1")
+    assert redis_client.sismember(f"{source}:consumers", "c1")
 
 
 async def test_claim_empty_orphan_deregisters_it(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
-    source = f"{pfx}q"
-    rc.sadd(f"{source}:consumers", "dead")
-    q = ReliableQueue(handle, source, "live")
+    source = f"{prefix}:q"
+    redis_client.sadd(f"{source}:consumers", "dead")
+    q = ReliableQueue(redis_handle, source, "live")
     assert await q.orphans() == ["dead"]
     assert await q.claim_orphan("dead") is None
     assert await q.orphans() == []
@@ -336,30 +316,30 @@ async def test_claim_empty_orphan_deregisters_it(
 
 
 async def test_reclaim_while_the_dead_consumer_restarts(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
-    source = f"{pfx}q"
+    source = f"{prefix}:q"
     produced = items(40)
-    produce(rc, source, produced)
+    produce(redis_client, source, produced)
     ledger = Ledger()
 
-    dead = ReliableQueue(handle, source, "a", heartbeat_ttl=0.2)
+    dead = ReliableQueue(redis_handle, source, "a", heartbeat_ttl=0.2)
     await dead.heartbeat()
     lost = await dead.take(10, 0.0, 0.1)  # taken, then "kill -9"
     assert lost is not None
     await trio.sleep(0.25)
 
-    b = ReliableQueue(handle, source, "b", heartbeat_ttl=0.2)
-    c = ReliableQueue(handle, source, "c", heartbeat_ttl=0.2)
+    b = ReliableQueue(redis_handle, source, "b", heartbeat_ttl=0.2)
+    c = ReliableQueue(redis_handle, source, "c", heartbeat_ttl=0.2)
     assert await b.orphans() == ["a"]
     claimed = await b.claim_orphan("a")
     assert claimed == Batch(lost.id, lost.items, "a", recovered=True)
     assert await c.claim_orphan("a") is None  # one claimer at a time
     assert await c.orphans() == []
-    assert rc.get(f"{source}:consumer:a") == b"reclaimed-by:b"
+    assert redis_client.get(f"{source}:consumer:a") == b"reclaimed-by:b"
 
     # "a" restarts under the same id and finds its own batch: both hold it.
-    restarted = ReliableQueue(handle, source, "a", heartbeat_ttl=0.2)
+    restarted = ReliableQueue(redis_handle, source, "a", heartbeat_ttl=0.2)
     await restarted.heartbeat()
     own = await restarted.take(10, 0.0, 0.1)
     assert own is not None and own.id == lost.id and own.recovered
@@ -368,7 +348,7 @@ async def test_reclaim_while_the_dead_consumer_restarts(
     assert await restarted.ack(own)
     assert not ledger.apply(claimed)  # the ledger says: done already
     assert not await b.ack(claimed)  # and its ack is a no-op
-    assert rc.sismember(f"{source}:consumers", "a")  # "a" is alive: stays registered
+    assert redis_client.sismember(f"{source}:consumers", "a")  # "a" is alive: stays registered
 
     ledger.assert_exactly_once(produced[:10])
     await drain(restarted, ledger)
@@ -376,39 +356,39 @@ async def test_reclaim_while_the_dead_consumer_restarts(
 
 
 async def test_reclaimed_batch_acked_by_claimer_deregisters_orphan(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
-    source = f"{pfx}q"
-    produce(rc, source, items(10))
-    dead = ReliableQueue(handle, source, "a", heartbeat_ttl=0.1)
+    source = f"{prefix}:q"
+    produce(redis_client, source, items(10))
+    dead = ReliableQueue(redis_handle, source, "a", heartbeat_ttl=0.1)
     await dead.heartbeat()
     assert await dead.take(10, 0.0, 0.1) is not None
     await trio.sleep(0.15)
-    b = ReliableQueue(handle, source, "b")
+    b = ReliableQueue(redis_handle, source, "b")
     claimed = await b.claim_orphan("a")
     assert claimed is not None
-    dl = [DeadLetter(f"{pfx}dead", claimed.items[0], "bad", "t")]
+    dl = [DeadLetter(f"{prefix}:dead", claimed.items[0], "bad", "t")]
     assert await b.ack(claimed, dl)
-    assert rc.llen(f"{pfx}dead") == 1
-    assert not rc.sismember(f"{source}:consumers", "a")
-    assert not rc.exists(f"{source}:consumer:a", f"{source}:processing:a")
+    assert redis_client.llen(f"{prefix}:dead") == 1
+    assert not redis_client.sismember(f"{source}:consumers", "a")
+    assert not redis_client.exists(f"{source}:consumer:a", f"{source}:processing:a")
     # The restarted "a" finds nothing of the old batch.
-    back = await ReliableQueue(handle, source, "a").take(10, 0.0, 0.05)
+    back = await ReliableQueue(redis_handle, source, "a").take(10, 0.0, 0.05)
     assert back is None
 
 
 async def test_claim_seals_a_stalled_consumers_batch(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
     """A consumer whose heartbeat lapsed (stalled, not dead) is reclaimed mid-fill.
 
     The claim seals the batch: the stalled consumer adds nothing after it, so
     both hold the same items under the same id and the ledger lets one through.
     """
-    source = f"{pfx}q"
-    rc.lpush(source, b"first")
-    stalled = ReliableQueue(handle, source, "a", heartbeat_ttl=0.2)  # never beats
-    b = ReliableQueue(handle, source, "b", heartbeat_ttl=0.2)
+    source = f"{prefix}:q"
+    redis_client.lpush(source, b"first")
+    stalled = ReliableQueue(redis_handle, source, "a", heartbeat_ttl=0.2)  # never beats
+    b = ReliableQueue(redis_handle, source, "b", heartbeat_ttl=0.2)
     ledger = Ledger()
     async with trio.open_nursery() as nursery:
         result: list[Batch | None] = []
@@ -421,7 +401,7 @@ async def test_claim_seals_a_stalled_consumers_batch(
         assert await b.orphans() == ["a"]
         claimed = await b.claim_orphan("a")
         assert claimed is not None and claimed.items == [b"first"]
-        rc.lpush(source, b"second", b"third")  # "a" must not add these now
+        redis_client.lpush(source, b"second", b"third")  # "a" must not add these now
     (mine,) = result
     assert mine == Batch(claimed.id, [b"first"], "a", recovered=True)
     assert ledger.apply(claimed) and not ledger.apply(mine)
@@ -432,10 +412,10 @@ async def test_claim_seals_a_stalled_consumers_batch(
 
 @pytest.mark.slow
 async def test_chaos_crashes_restarts_and_reclaims(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
     """Three consumers crash at random points, restart or not, and reclaim each other."""
-    source = f"{pfx}q"
+    source = f"{prefix}:q"
     produced = items(6000)
     ledger = Ledger()
     rng = random.Random(7)
@@ -444,7 +424,9 @@ async def test_chaos_crashes_restarts_and_reclaims(
 
     async def producer() -> None:
         for start in range(0, len(produced), 200):
-            await trio.to_thread.run_sync(produce, rc, source, produced[start : start + 200])
+            await trio.to_thread.run_sync(
+                produce, redis_client, source, produced[start : start + 200]
+            )
             await trio.sleep(0.01)
 
     def crash(point: str) -> bool:
@@ -466,7 +448,7 @@ async def test_chaos_crashes_restarts_and_reclaims(
 
     async def life(name: str) -> None:
         """One process: runs until it "crashes", then the next one starts."""
-        q = ReliableQueue(handle, source, name, heartbeat_ttl=ttl, block_slice=0.05)
+        q = ReliableQueue(redis_handle, source, name, heartbeat_ttl=ttl, block_slice=0.05)
         async with trio.open_nursery() as nursery:
             await nursery.start(q.serve_heartbeat)
             while len(ledger.items) < len(produced):
@@ -497,19 +479,19 @@ async def test_chaos_crashes_restarts_and_reclaims(
     ledger.assert_exactly_once(produced)
     assert sum(crashes.values()) > 5, crashes
     assert ledger.skipped > 0  # some batches really were replayed
-    assert rc.llen(source) == 0
+    assert redis_client.llen(source) == 0
     # Everything applied is also acked, or still in flight after a final crash:
     # a last drain by each consumer id finishes it.
     for name in ["a", "b", "c"]:
-        await drain(ReliableQueue(handle, source, name), ledger)
+        await drain(ReliableQueue(redis_handle, source, name), ledger)
     ledger.assert_exactly_once(produced)
-    assert_drained(rc, source)
+    assert_drained(redis_client, source)
 
 
 async def test_concurrent_producers_and_two_consumers(
-    handle: RedisHandle, rc: redis.Redis, pfx: str
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
-    source = f"{pfx}q"
+    source = f"{prefix}:q"
     per_thread, threads = 5000, 4
     produced_by = [items(per_thread, tag=f"p{t}-") for t in range(threads)]
     produced = [item for chunk in produced_by for item in chunk]
@@ -528,7 +510,7 @@ async def test_concurrent_producers_and_two_consumers(
             client.close()
 
     async def consume(name: str) -> None:
-        q = ReliableQueue(handle, source, name)
+        q = ReliableQueue(redis_handle, source, name)
         while len(ledger.items) < len(produced):
             batch = await q.take(300, 0.01, 0.1)
             if batch is None:
@@ -545,7 +527,7 @@ async def test_concurrent_producers_and_two_consumers(
             nursery.start_soon(consume, "c1")
             nursery.start_soon(consume, "c2")
     ledger.assert_exactly_once(produced)
-    assert_drained(rc, source)
+    assert_drained(redis_client, source)
     # Each producer's items were taken in its push order (batches interleave
     # between consumers, but each batch is a contiguous oldest-first slice).
     assert len(order_by_producer) == threads
@@ -564,22 +546,24 @@ def _named_handle(name: str, retries: int) -> RedisHandle:
     return RedisHandle(REDIS_URL, client, trio.CapacityLimiter(4))
 
 
-def _kill_clients(rc: redis.Redis, name: str) -> int:
+def _kill_clients(redis_client: redis.Redis, name: str) -> int:
     """CLIENT KILL our own connections only (other test suites share this Redis)."""
     killed = 0
-    for info in rc.client_list():
+    for info in redis_client.client_list():
         if info.get("name") == name:
-            killed += rc.client_kill_filter(_id=info["id"])
+            killed += redis_client.client_kill_filter(_id=info["id"])
     return killed
 
 
-async def test_connection_killed_raises_then_recovers(rc: redis.Redis, pfx: str) -> None:
-    source = f"{pfx}q"
-    name = f"syncd-test-{uuid.uuid4().hex[:8]}"
+async def test_connection_killed_raises_then_recovers(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    source = f"{prefix}:q"
+    name = unique_prefix("syncd-test")
     handle = _named_handle(name, retries=0)
     try:
         q = ReliableQueue(handle, source, "c1")
-        produce(rc, source, items(5))
+        produce(redis_client, source, items(5))
         batch = await q.take(5, 0.0, 0.1)
         assert batch is not None
         # Killed while blocked in BLMOVE (the source is empty): Redis is "away".
@@ -587,14 +571,14 @@ async def test_connection_killed_raises_then_recovers(rc: redis.Redis, pfx: str)
 
             async def kill() -> None:
                 await trio.sleep(0.2)
-                assert await trio.to_thread.run_sync(_kill_clients, rc, name) >= 1
+                assert await trio.to_thread.run_sync(_kill_clients, redis_client, name) >= 1
 
             nursery.start_soon(kill)
             assert await q.ack(batch)
             with pytest.raises(RedisUnavailable):
                 await q.take(5, 0.0, 1.0)
         # Back: nothing lost, the next take works on a fresh connection.
-        produce(rc, source, items(10)[5:])
+        produce(redis_client, source, items(10)[5:])
         ledger = Ledger()
         await drain(q, ledger)
         ledger.assert_exactly_once(items(10)[5:])
@@ -717,7 +701,7 @@ def proxy() -> Iterator[FaultyProxy]:
 @pytest.mark.slow
 @pytest.mark.parametrize("retries", [0, 3], ids=["caller-retries", "redis-py-retries"])
 async def test_lost_replies_are_replayed_safely(
-    proxy: FaultyProxy, rc: redis.Redis, pfx: str, retries: int
+    proxy: FaultyProxy, redis_client: redis.Redis, prefix: str, retries: int
 ) -> None:
     """Replies cut at random while producers and two consumers run: still exactly once.
 
@@ -726,7 +710,7 @@ async def test_lost_replies_are_replayed_safely(
     gets RedisUnavailable and retries the whole take/ack. The fill, recover
     and ack scripts must come out right either way.
     """
-    source = f"{pfx}q"
+    source = f"{prefix}:q"
     client = redis.Redis.from_url(
         proxy.url, socket_timeout=5, max_connections=8, retry=Retry(NoBackoff(), retries)
     )
@@ -759,7 +743,11 @@ async def test_lost_replies_are_replayed_safely(
             async with trio.open_nursery() as nursery:
                 for start in range(0, len(produced), 500):
                     nursery.start_soon(
-                        trio.to_thread.run_sync, produce, rc, source, produced[start : start + 500]
+                        trio.to_thread.run_sync,
+                        produce,
+                        redis_client,
+                        source,
+                        produced[start : start + 500],
                     )
                 nursery.start_soon(consume, "c1")
                 nursery.start_soon(consume, "c2")
@@ -770,17 +758,17 @@ async def test_lost_replies_are_replayed_safely(
     if retries == 0:
         assert unavailable > 0
     ledger.assert_exactly_once(produced)
-    assert rc.llen(source) == 0
+    assert redis_client.llen(source) == 0
 
 
 async def test_outage_then_recovery_loses_nothing(
-    proxy: FaultyProxy, rc: redis.Redis, pfx: str
+    proxy: FaultyProxy, redis_client: redis.Redis, prefix: str
 ) -> None:
-    source = f"{pfx}q"
+    source = f"{prefix}:q"
     client = redis.Redis.from_url(proxy.url, socket_timeout=2, retry=Retry(NoBackoff(), 1))
     handle = RedisHandle(proxy.url, client, trio.CapacityLimiter(4))
     produced = items(300)
-    produce(rc, source, produced)
+    produce(redis_client, source, produced)
     ledger = Ledger()
     try:
         q = ReliableQueue(handle, source, "c1")
@@ -802,4 +790,4 @@ async def test_outage_then_recovery_loses_nothing(
     finally:
         handle.close()
     ledger.assert_exactly_once(produced)
-    assert_drained(rc, source)
+    assert_drained(redis_client, source)
