@@ -214,6 +214,43 @@ class TestIncrement:
         assert (result.updated, result.missing) == (2, ["b"])
         assert await db.fetchall(f"SELECT k, n FROM {table} ORDER BY k") == [("7", 3), ("a", 5)]
 
+    async def test_zero_deltas_count_as_found(self, db: Database, make_table: MakeTable) -> None:
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, 1, 1), (2, 2, 2)")
+        result = await db.increment(table, "id", ["n", "m"], [(1, 0, 0), (2, 3, 0), (3, 0, 0)])
+        assert (result.updated, result.missing) == (2, [3])
+        assert await rows_of(db, table, "id, n, m") == [(1, 1, 1), (2, 5, 2)]
+
+    async def test_mysql_row_deleted_during_increment(
+        self, db: Database, make_table: MakeTable, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """MySQL reads which keys have rows without locking, then UPDATEs and
+        checks the count: a row deleted in between sends it down the locked path."""
+        if db.dialect is not Dialect.MYSQL:
+            pytest.skip("MySQL's two-statement increment")
+        from syncd.sql.mysql import MySQLTransaction
+
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, 1, 1), (2, 2, 2)")
+        other = db._open()  # type: ignore[attr-defined]
+        read = MySQLTransaction.fetchall
+
+        def read_then_delete(tx: Transaction, sql: str, params: object = None) -> list[tuple]:
+            rows = read(tx, sql, params)  # type: ignore[arg-type]
+            if "LEFT JOIN" in sql and "FOR UPDATE" not in sql:  # the plain read
+                with other.cursor() as cur:
+                    cur.execute(f"DELETE FROM {table} WHERE id = 2")
+                other.commit()
+            return rows
+
+        monkeypatch.setattr(MySQLTransaction, "fetchall", read_then_delete)
+        try:
+            result = await db.increment(table, "id", ["n", "m"], [(1, 5, 0), (2, 5, 0)])
+        finally:
+            other.close()
+        assert (result.updated, result.missing) == (1, [2])
+        assert await rows_of(db, table, "id, n, m") == [(1, 6, 1)]
+
     async def test_ten_thousand_rows(self, db: Database, make_table: MakeTable) -> None:
         """A throughput smoke test: both paths, 10k keys each, complete and count right."""
         table = await make_table(COUNTERS)

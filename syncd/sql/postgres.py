@@ -95,13 +95,18 @@ class PostgresTransaction(Transaction):
         sets = ", ".join(
             f"{c} = COALESCE(syncd_t.{c}, 0) + syncd_v.d{i}" for i, c in enumerate(cols_q)
         )
-        rows = self.fetchall(
-            f"UPDATE {table_q} AS syncd_t SET {sets} "
+        # One row back, not one per key: the count, and only when some key
+        # had no row, which ones did.
+        ((count, updated),) = self.fetchall(
+            f"WITH syncd_u AS (UPDATE {table_q} AS syncd_t SET {sets} "
             f"FROM unnest({casts}) WITH ORDINALITY AS syncd_v(k, {names}, i) "
-            f"WHERE syncd_t.{key_q} = syncd_v.k RETURNING syncd_v.i",
-            params,
+            f"WHERE syncd_t.{key_q} = syncd_v.k RETURNING syncd_v.i) "
+            "SELECT count(*), CASE WHEN count(*) < %s THEN array_agg(i) END FROM syncd_u",
+            [*params, len(keys)],
         )
-        return {i - 1 for (i,) in rows}
+        if count == len(keys):
+            return set(range(len(keys)))
+        return {i - 1 for i in updated or ()}
 
     def _upsert_increment(
         self,

@@ -160,7 +160,8 @@ class TrafficWorkload:
         for lane in TrafficConfig(inflight_prefix=self.inflight_prefix).inflight_prefixes:
             current = env.redis.get(f"{lane}:current")
             if current is not None:
-                waiting += env.redis.scard(f"{lane}:{current.decode()}:keys")
+                # The snapshot hash (see syncd.counters): one field per key.
+                waiting += env.redis.hlen(f"{lane}:{current.decode()}")
         return waiting
 
     # -- counting ------------------------------------------------------------------
