@@ -130,8 +130,10 @@ class PluginContext:
         gate: Await ``gate.wait()`` at batch boundaries (pause/resume/stop).
         instance: This daemon's identity (stable across restarts), used to
             name per-consumer Redis keys so replicas never share them.
-        report: Call with each committed batch's `SyncResult` from inside
-            ``run`` so status, metrics and ``sync_success`` listeners see it.
+        report: Call as ``report(result, seconds)`` for each batch committed
+            inside ``run`` so status, metrics and ``sync_success`` listeners
+            see it. What ``flush`` returns is reported by the core: report
+            it again and it counts twice.
     """
 
     name: str
@@ -142,4 +144,4 @@ class PluginContext:
     log: logging.LoggerAdapter[logging.Logger]
     gate: PauseGate
     instance: str
-    report: Callable[[SyncResult], None]
+    report: Callable[[SyncResult, float | None], None]

@@ -20,7 +20,7 @@ import psycopg.errors
 from syncd.sql.base import Database, Dialect, Transaction
 
 #: From this many rows on, COPY into a temp table beats executemany.
-COPY_MIN_ROWS = 500
+COPY_MIN_ROWS = 100
 
 _INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 

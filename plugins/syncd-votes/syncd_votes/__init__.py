@@ -1,0 +1,34 @@
+"""syncd-votes: a Redis vote queue into a SQL table, exactly once.
+
+The user's application LPUSHes ``{"vote": "a", "voter_id": "...",
+"timestamp": "..."}`` onto the list ``votes``; this plugin stores each vote
+as a row of the table ``votes`` (the seed's schema) and sends anything it
+cannot store to ``votes:dead`` with the reason. See README.md.
+"""
+
+from __future__ import annotations
+
+import syncd
+from syncd_votes.config import VotesConfig
+from syncd_votes.worker import VotesWorker
+
+NAME = "votes"
+
+
+@syncd.hookimpl
+def syncd_plugin() -> syncd.PluginSpec:
+    return syncd.PluginSpec(
+        name=NAME,
+        config=VotesConfig,
+        create=VotesWorker,
+        description="Redis vote queue → SQL table, exactly once, with a dead-letter list",
+    )
+
+
+@syncd.hookimpl
+def syncd_workload(plugin: str, prefix: str) -> syncd.Workload | None:
+    if plugin != NAME:
+        return None
+    from syncd_votes.workload import votes_workload
+
+    return votes_workload(prefix)
