@@ -38,13 +38,17 @@ def bench_main(options: BenchOptions, out: Path | None, *, echo: Echo = print,
     """Run the benchmark; 0 if every syncd run counted exactly, 1 if not, 2 if it could not run."""
     # The daemon runs in this process: its per-item warnings (every malformed
     # item the workload makes on purpose) would bury the progress lines.
-    logging.getLogger("syncd").setLevel(logging.ERROR)
+    logger = logging.getLogger("syncd")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     stamp = timestamp()
     try:
         rows = trio.run(lambda: run_bench(options, progress=progress))
     except (LookupError, ValueError) as exc:
         progress(f"syncd bench: {exc}")
         return 2
+    finally:
+        logger.setLevel(level)  # callers in the same process (tests) keep their logs
     if not rows:
         return 0
     echo(format_table(BENCH_HEADERS, bench_table(rows)))
