@@ -77,10 +77,18 @@ return {redis.call('GET', KEYS[2]), redis.call('LRANGE', KEYS[1], 0, -1)}
 # so a replayed call cannot overfill). If the list did not hold ARGV[3] items
 # before, the caller's view is stale (a replayed move, a reclaim), and it gets
 # the whole list instead of just the items moved now.
+# A top-up names the batch it means (ARGV[5]): if that batch was finished
+# meanwhile (a reclaimer applied and acked it while we stalled), nothing is
+# touched, so fresh items can never be taken under an id the ledger holds.
 # KEYS: processing, source, batch id, sealed, registry.
-# ARGV: new id, target length, length the caller knows, consumer name.
-# Returns {id, sealed 0/1, whole list 0/1, items (newest first if whole)}.
+# ARGV: new id, target length, length the caller knows, consumer name,
+#       id of the batch being topped up ('' for a new batch).
+# Returns {id, sealed 0/1, whole list 0/1, items (newest first if whole)},
+# or {'', 1, 0, {}} when the batch being topped up is gone.
 _FILL = """
+if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then
+  return {'', 1, 0, {}}
+end
 redis.call('SET', KEYS[3], ARGV[1], 'NX')
 redis.call('SADD', KEYS[5], ARGV[4])
 local before = redis.call('LLEN', KEYS[1])
@@ -292,9 +300,13 @@ class ReliableQueue:
             remaining = closes - trio.current_time()
             if remaining <= 0:
                 break
-            batch_id, more, sealed, whole = await self.redis.run(
-                self._fill, batch_id, max_items, len(items)
+            topped_id, more, sealed, whole = await self.redis.run(
+                self._fill, batch_id, max_items, len(items), batch_id
             )
+            if not topped_id:
+                # Finished by another consumer: what we hold was in it.
+                break
+            batch_id = topped_id
             if whole:
                 items = more
             elif more:
@@ -328,12 +340,13 @@ class ReliableQueue:
         return batch_id, items, sealed, False
 
     def _fill(
-        self, client: redis_py.Redis, batch_id: str, target: int, known: int
+        self, client: redis_py.Redis, batch_id: str, target: int, known: int,
+        topping_up: str = "",
     ) -> tuple[str, list[bytes], int, bool]:
         keys = self._keys(self.consumer)
         new_id, sealed, whole, items = self._scripts["fill"](
             keys=[keys.processing, self.source, keys.batch, keys.sealed, self.registry_key],
-            args=[batch_id, target, known, self.consumer],
+            args=[batch_id, target, known, self.consumer, topping_up],
             client=client,
         )
         if whole:

@@ -410,6 +410,37 @@ async def test_claim_seals_a_stalled_consumers_batch(
     ledger.assert_exactly_once([b"first", b"second", b"third"])
 
 
+async def test_batch_finished_by_a_reclaimer_takes_no_new_items(
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
+) -> None:
+    """A stalled consumer whose batch was claimed *and acked* meanwhile (the
+    seal is gone with the ack) must not top up under the finished id: the
+    ledger would call the new items applied and the ack would drop them."""
+    source = f"{prefix}:q"
+    redis_client.lpush(source, b"first")
+    stalled = ReliableQueue(redis_handle, source, "a", heartbeat_ttl=0.2)  # never beats
+    b = ReliableQueue(redis_handle, source, "b", heartbeat_ttl=0.2)
+    ledger = Ledger()
+    async with trio.open_nursery() as nursery:
+        result: list[Batch | None] = []
+
+        async def take() -> None:
+            result.append(await stalled.take(100, max_wait=2.0, block=1.0))
+
+        nursery.start_soon(take)
+        await trio.sleep(0.1)  # "a" holds [first] and polls for more
+        claimed = await b.claim_orphan("a")
+        assert claimed is not None
+        assert ledger.apply(claimed) and await b.ack(claimed)
+        redis_client.lpush(source, b"second", b"third")  # must stay for a fresh batch
+    (mine,) = result
+    assert mine is not None and mine.recovered and mine.id == claimed.id
+    assert not ledger.apply(mine)
+    assert not await stalled.ack(mine)
+    await drain(stalled, ledger)
+    ledger.assert_exactly_once([b"first", b"second", b"third"])
+
+
 @pytest.mark.slow
 async def test_chaos_crashes_restarts_and_reclaims(
     redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
