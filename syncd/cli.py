@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -178,6 +179,10 @@ def flush(config_path: str | None, plugin: str) -> None:
         config,
         plugins={plugin: sections.get(plugin) or {}},
         http=attrs.evolve(config.http, enabled=False),
+        # Its own identity: a daemon may be running with the configured one,
+        # and two processes must never share per-consumer processing lists.
+        # Anything this run leaves in flight is reclaimed like a dead replica's.
+        instance=f"{config.instance}.flush{os.getpid()}",
     )
     daemon = Daemon.build(config, pm)
     runner = daemon.runner(plugin)

@@ -77,6 +77,14 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -
         raise ValueError(f"must be greater than 0, got {value!r}", attribute)
 
 
+def _at_least_a_day(attribute: attrs.Attribute[Any], value: float) -> None:
+    """A ledger row must outlive any copy of its batch still in Redis (a host
+    down for hours, then a replay): forgetting it sooner could apply twice."""
+    if value < 86400:
+        raise ValueError(f"must be at least 1d (a replay after a long outage "
+                         f"must still find its batch), got {value:g}s", attribute)
+
+
 @attrs.frozen
 class RedisConfig:
     """Attributes:
@@ -144,7 +152,8 @@ class Config:
         default="logfmt", validator=attrs.validators.in_(["logfmt", "json"]))
     instance: str = attrs.Factory(socket.gethostname)
     restart_backoff_max: Duration = Duration(30)
-    ledger_retention: Duration = Duration(30 * 86400)
+    ledger_retention: Duration = attrs.field(
+        default=Duration(30 * 86400), validator=lambda i, a, v: _at_least_a_day(a, v))
     plugins: dict[str, dict[str, Any]] | None = None
 
     def redacted(self) -> dict[str, Any]:

@@ -100,6 +100,7 @@ class Daemon:
             runners[name] = PluginRunner(
                 found.spec, settings, self._context, self.pm.hook, self.metrics,
                 backoff_max=float(self.config.restart_backoff_max),
+                shutdown_grace=float(self.config.shutdown_grace),
                 package=found.package, version=found.version,
             )
         self.supervisor = Supervisor(runners)
@@ -174,13 +175,18 @@ class Daemon:
             await self.prune_ledgers_once()
             await trio.sleep(LEDGER_PRUNE_EVERY)
 
-    async def prune_ledgers_once(self) -> int:
+    async def prune_ledgers_once(self, retention: float | None = None) -> int:
+        """Delete ledger rows older than ``retention`` (default: the config's)."""
+        if retention is None:
+            retention = float(self.config.ledger_retention)
         pruned = 0
         for name, db in self.databases.items():
             try:
-                pruned += await db.prune_ledger(float(self.config.ledger_retention))
-            except TransientError as exc:
-                log.debug("ledger not pruned", extra={"database": name, "error": str(exc)})
+                pruned += await db.prune_ledger(retention)
+            except Exception as exc:
+                # Never fatal: a user without DELETE rights, a statement
+                # timeout or a read-only replica only means a bigger ledger.
+                log.warning("ledger not pruned", extra={"database": name, "error": str(exc)})
         return pruned
 
     async def _run_supervisor(

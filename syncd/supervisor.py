@@ -46,6 +46,21 @@ def error_kind(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _crash_of(exc: BaseException) -> BaseException | None:
+    """The error a worker crashed with, or None when ``exc`` is only cancellation.
+
+    A worker cancelled while one of its tasks raises produces a group mixing
+    ``Cancelled`` with the error; ``except Exception`` would let that escape
+    the supervisor and take the daemon down during shutdown.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(trio.Cancelled)
+        return unwrap(rest) if rest is not None else None
+    if isinstance(exc, Exception):
+        return exc
+    return None
+
+
 def unwrap(exc: BaseException) -> BaseException:
     """The one interesting exception inside nested single-member groups."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -72,6 +87,7 @@ class PluginRunner:
     hook: pluggy.HookRelay
     metrics: Metrics
     backoff_max: float = 30.0
+    shutdown_grace: float = 30.0
     package: str = "-"
     version: str = "-"
 
@@ -117,7 +133,8 @@ class PluginRunner:
             self._set_state("stopping")
             deadline = self._flush_deadline
             if deadline == math.inf:
-                deadline = trio.current_time() + 30.0
+                # Cancelled from outside rather than stopped: same grace.
+                deadline = trio.current_time() + self.shutdown_grace
             with trio.CancelScope(deadline=deadline, shield=True) as scope:
                 await self._final_flush()
             if scope.cancelled_caught:
@@ -149,9 +166,15 @@ class PluginRunner:
                         nursery.start_soon(self._timer, self.worker.interval)
                     if callable(getattr(self.worker, "backlog", None)):
                         nursery.start_soon(self._poll_backlog)
-            except Exception as exc:
-                error = unwrap(exc)
+            except BaseException as exc:
+                error = _crash_of(exc)
+                if error is None:
+                    raise  # only cancellation: we are being stopped
                 self._record_error(error, crashed=True)
+                if self._intake.cancel_called:
+                    # Crashed while being stopped (a backend error racing the
+                    # cancel): no restart, go on to the final flush.
+                    return
                 self._emit("syncd_worker_stopped", plugin=self.name)
                 if not started:
                     started = True
@@ -330,8 +353,11 @@ class Supervisor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            for runner in self.runners.values():
-                await nursery.start(runner.run)
+            # Started side by side: one plugin's slow recovery (a database
+            # that hangs) must not hold the others, nor the daemon's start.
+            async with trio.open_nursery() as starting:
+                for runner in self.runners.values():
+                    starting.start_soon(nursery.start, runner.run)
             task_status.started()
 
     def stop(self, grace: float) -> None:

@@ -151,6 +151,7 @@ class TestErrors:
             ({"http": {"listen": "0.0.0.0:8080"}}, "http.token: required when http.listen"),
             ({"databases": {"x": "oracle://db"}}, "databases.x:"),
             ({"databases": {}}, "databases: at least one"),
+            ({"ledger_retention": "1h"}, "ledger_retention: must be at least 1d"),
             ({"redis": "localhost"}, "redis: must be a mapping"),
             ({"http": {"enabled": "perhaps"}}, "http.enabled: expected true or false"),
         ],

@@ -239,12 +239,53 @@ class TestDaemonServices:
             assert daemon.runner("aio").restarts == 0
 
     async def test_ledger_is_pruned(self, prefix: str, sqlite_url: str) -> None:
-        config = daemon_config({"probe": {"key": f"{prefix}:a"}}, {"default": sqlite_url},
-                               ledger_retention="0s")
+        config = daemon_config({"probe": {"key": f"{prefix}:a"}}, {"default": sqlite_url})
         async with run_daemon(config, [probe_plugin]) as daemon:
             db = daemon.databases["default"]
             applied, _ = await db.apply_batch("probe", "b1", lambda tx: None)
             assert applied
             await trio.sleep(1.1)  # SQLite timestamps have one-second resolution
-            assert await daemon.prune_ledgers_once() == 1
+            assert await daemon.prune_ledgers_once() == 0  # 30 days by default
+            assert await daemon.prune_ledgers_once(retention=0) == 1
             assert await db.ledger_entry("probe", "b1") is None
+
+
+class TestStopRace:
+    """A worker erroring while it is being stopped is recorded, not fatal."""
+
+    async def test_error_racing_the_stop_does_not_escape(self) -> None:
+        import attrs
+
+        @attrs.define
+        class RacingWorker:
+            ctx: syncd.PluginContext
+            interval = None
+
+            async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+                task_status.started()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._lane)
+                    await trio.sleep_forever()
+
+            async def _lane(self) -> None:
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    # Like a thread hop that returns a database error just as
+                    # the cancel lands: the group mixes Cancelled and this.
+                    raise RuntimeError("backend error racing the stop")
+
+            async def flush(self) -> syncd.SyncResult:
+                return syncd.SyncResult()
+
+        class Racing:
+            @syncd.hookimpl
+            def syncd_plugin(self) -> syncd.PluginSpec:
+                return syncd.PluginSpec(name="racing", config=probe_plugin.ProbeConfig,
+                                        create=RacingWorker, uses_database=False)
+
+        async with run_daemon(daemon_config({"racing": {}}), [Racing()]) as daemon:
+            pass
+        runner = daemon.runner("racing")
+        assert runner.state == "stopped"
+        assert runner.last_error["message"] == "backend error racing the stop"
