@@ -79,6 +79,8 @@ class Daemon:
         redis = RedisHandle.from_url(
             config.redis.url, pool_size=config.redis.pool_size,
             on_error=lambda exc: metrics.redis_errors.inc(),
+            # Operators find syncd's connections in CLIENT LIST by this name.
+            client_name=f"syncd:{config.instance}",
         )
         databases = {
             name: open_database(

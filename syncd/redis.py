@@ -57,9 +57,11 @@ class RedisHandle:
         pool_size: int = 16,
         socket_timeout: float = 10.0,
         on_error: Callable[[BaseException], None] | None = None,
+        client_name: str | None = None,
     ) -> RedisHandle:
         client = redis.Redis.from_url(
             url,
+            client_name=client_name,
             max_connections=pool_size,
             socket_timeout=socket_timeout,
             socket_connect_timeout=min(socket_timeout, 5.0),

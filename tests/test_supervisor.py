@@ -289,3 +289,13 @@ class TestStopRace:
         runner = daemon.runner("racing")
         assert runner.state == "stopped"
         assert runner.last_error["message"] == "backend error racing the stop"
+
+
+async def test_redis_connections_carry_the_instance_name(
+    prefix: str, redis_client: redis.Redis
+) -> None:
+    config = daemon_config({"probe": {"key": f"{prefix}:a"}})
+    async with run_daemon(config, [probe_plugin]) as daemon:
+        await wait_for(lambda: counter(redis_client, f"{prefix}:a:batches") >= 1)
+        names = {c["name"] for c in redis_client.client_list()}
+        assert f"syncd:{daemon.config.instance}" in names
