@@ -27,6 +27,7 @@ from syncd.plugin import PluginContext, PluginSpec, Route, SyncResult, Worker
 from syncd.queue import Batch, ReliableQueue
 from syncd.redis import RedisHandle
 from syncd.sql import Database, Transaction
+from syncd.supervisor import error_kind
 from syncd.workload import Tally, Workload, WorkloadEnv
 
 try:
@@ -63,5 +64,6 @@ __all__ = [
     "WorkloadEnv",
     "__version__",
     "crash_point",
+    "error_kind",
     "hookimpl",
 ]

@@ -210,6 +210,13 @@ class PluginRunner:
     async def _final_flush(self) -> None:
         if self.worker is None:
             return
+        if self.gate.paused:
+            # The operator paused this plugin (often: its database is under
+            # maintenance); draining into it now would undo that. Nothing is
+            # lost: what is pending or in flight waits in Redis for the next start.
+            self.log.info("paused: no final flush; pending data stays in Redis")
+            self._emit("syncd_worker_stopped", plugin=self.name)
+            return
         try:
             result = await self.flush(raise_errors=True, final=True)
         except trio.Cancelled:

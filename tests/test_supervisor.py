@@ -163,6 +163,15 @@ class TestShutdown:
         assert trio.current_time() - started < 5
         assert daemon.runner("probe").state == "stopped"
 
+    async def test_paused_plugin_is_not_flushed_at_shutdown(
+        self, prefix: str, redis_client: redis.Redis
+    ) -> None:
+        config = daemon_config({"probe": {"key": f"{prefix}:a"}})
+        async with run_daemon(config, [probe_plugin]) as daemon:
+            daemon.runner("probe").pause()
+        assert daemon.runner("probe").state == "stopped"
+        assert redis_client.get(f"{prefix}:a:flushes") is None
+
     async def test_cancelled_daemon_still_flushes(
         self, prefix: str, redis_client: redis.Redis
     ) -> None:

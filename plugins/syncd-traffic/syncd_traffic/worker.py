@@ -73,14 +73,6 @@ class TrafficMetrics:
         )
 
 
-def error_kind(exc: BaseException) -> str:
-    if isinstance(exc, syncd.RedisUnavailable):
-        return "redis"
-    if isinstance(exc, syncd.DatabaseUnavailable):
-        return "database"
-    return type(exc).__name__
-
-
 @attrs.frozen
 class Taken:
     """A snapshot out of circulation and judged, waiting for its SQL transaction.
@@ -178,7 +170,7 @@ class TrafficWorker:
         try:
             total = await self._pipeline()
         except Exception as exc:
-            self.metrics.errors.labels(error_kind(exc)).inc()
+            self.metrics.errors.labels(syncd.error_kind(exc)).inc()
             raise
         finally:
             self.metrics.flush_duration.observe(time.perf_counter() - started)
