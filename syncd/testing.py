@@ -20,6 +20,13 @@ import pytest
 import redis
 import trio
 
+from syncd.harness.env import connector, dialect_of
+
+__all__ = [
+    "MYSQL_URL", "PG_URL", "REDIS_URL", "connector", "daemon_config", "dialect_of",
+    "run_daemon", "unique_prefix", "wait_for",
+]
+
 from syncd.redis import RedisHandle
 
 REDIS_URL = os.environ.get("SYNCD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -11,11 +11,11 @@ import redis
 from syncd_traffic.workload import TrafficWorkload
 
 import syncd
-from syncd.testing import REDIS_URL
+from syncd.testing import REDIS_URL, connector, dialect_of
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from traffic_support import NODES, connector, dialect
+from traffic_support import NODES
 
 
 @pytest.fixture(name="db_url", params=["mysql", "pg", "sqlite"])
@@ -26,7 +26,7 @@ def _db_url(request: pytest.FixtureRequest, mysql_url: str, pg_url: str, sqlite_
 @pytest.fixture(name="env")
 def _env(db_url: str, prefix: str) -> Iterator[syncd.WorkloadEnv]:
     client = redis.Redis.from_url(REDIS_URL)
-    env = syncd.WorkloadEnv(client, db_url, dialect(db_url), connector(db_url), prefix)
+    env = syncd.WorkloadEnv(client, db_url, dialect_of(db_url), connector(db_url), prefix)
     yield env
     TrafficWorkload(prefix, NODES).teardown(env)
     client.close()

@@ -7,13 +7,11 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import attrs
 import redis
@@ -23,36 +21,7 @@ from syncd_votes.schema import drop_statement
 from syncd_votes.workload import votes_workload
 
 import syncd
-
-
-def connector(url: str) -> Callable[[], Any]:
-    """A DB-API connection factory for a test database URL."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.split("+")[0]
-    if scheme in ("postgresql", "postgres"):
-        import psycopg
-
-        dsn = parts._replace(scheme="postgresql").geturl()
-        return lambda: psycopg.connect(dsn)
-    if scheme in ("mysql", "mariadb"):
-        import pymysql
-
-        kwargs = {
-            "host": parts.hostname or "127.0.0.1",
-            "port": parts.port or 3306,
-            "user": unquote(parts.username or "root"),
-            "password": unquote(parts.password or ""),
-            "database": parts.path.lstrip("/") or None,
-            "charset": "utf8mb4",
-        }
-        return lambda: pymysql.connect(**kwargs)
-    path = url.split(":///", 1)[1]
-    return lambda: sqlite3.connect(path)
-
-
-def dialect_of(url: str) -> str:
-    scheme = urlsplit(url).scheme.split("+")[0]
-    return {"postgres": "postgresql", "mariadb": "mysql"}.get(scheme, scheme)
+from syncd.testing import connector, dialect_of
 
 
 @attrs.define
