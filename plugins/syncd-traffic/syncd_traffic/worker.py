@@ -39,6 +39,8 @@ import syncd
 from syncd_traffic.config import TrafficConfig
 from syncd_traffic.judge import Judged, Letter, judge, missing_letters
 
+#: Seconds between two counts of the pending keys (each walks the keyspace).
+BACKLOG_REFRESH = 60.0
 FLUSH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -116,6 +118,7 @@ class TrafficWorker:
     metrics: TrafficMetrics
     interval: float
     _bytes: int = 0
+    _backlog: tuple[float, int] | None = None
 
     @classmethod
     def create(cls, ctx: syncd.PluginContext) -> TrafficWorker:
@@ -174,6 +177,7 @@ class TrafficWorker:
             raise
         finally:
             self.metrics.flush_duration.observe(time.perf_counter() - started)
+            self._backlog = None  # a flush changes it: count afresh next time
         flushed_bytes = self._bytes - bytes_before
         if total.batches:
             self.ctx.log.info("flushed", extra={
@@ -183,12 +187,22 @@ class TrafficWorker:
         return attrs.evolve(total, detail={"bytes": flushed_bytes})
 
     async def backlog(self) -> int:
-        """Counter keys waiting plus those in flight, for the supervisor's gauge."""
+        """Counter keys waiting plus those in flight, for the supervisor's gauge.
+
+        Counting walks the whole keyspace with SCAN, so it is refreshed at most
+        every `BACKLOG_REFRESH` seconds (the supervisor asks every few): on a
+        big production Redis a full walk every 5 s would cost more than the
+        flushes it reports on.
+        """
+        now = trio.current_time()
+        if self._backlog is not None and now - self._backlog[0] < BACKLOG_REFRESH:
+            return self._backlog[1]
         # The first lane's count covers the waiting keys and its own in-flight ones.
         pending = await self.lanes[0].pending()
         for lane in self.lanes[1:]:
             pending += await self.ctx.redis.run(lane.in_flight)
         self.metrics.pending.set(pending)
+        self._backlog = (now, pending)
         return pending
 
     # -- the pipeline ----------------------------------------------------------------------
