@@ -37,10 +37,8 @@ from syncd.harness.env import (
     Subject,
     Target,
     clear_keys,
-    find_subjects,
     open_env,
-    resolve_databases,
-    supports,
+    runs,
 )
 from syncd.harness.report import SIDES, BenchRow, Sample
 from syncd.supervisor import unwrap
@@ -91,19 +89,11 @@ async def run_bench(
     from syncd.manager import get_plugin_manager
 
     pm = pm or get_plugin_manager()
-    subjects = find_subjects(pm, options.plugins, stem="bench")
-    targets = resolve_databases(options.databases)
-    if not subjects:
-        progress("no installed plugin provides a workload; nothing to benchmark")
-    rows = []
-    for subject in subjects:
-        for target in targets:
-            if not supports(subject.workload, target):
-                progress(f"[bench] {subject.plugin}/{target.name}: skipped (the plugin "
-                         f"writes to {', '.join(subject.workload.dialects)} only)")
-                continue
-            rows.append(await bench_one(subject, target, options, pm, progress))
-    return rows
+    return [
+        await bench_one(subject, target, options, pm, progress)
+        for subject, target in runs(pm, options.plugins, options.databases,
+                                    stem="bench", progress=progress)
+    ]
 
 
 async def bench_one(

@@ -49,10 +49,8 @@ from syncd.harness.env import (
     Subject,
     Target,
     clear_keys,
-    find_subjects,
     open_env,
-    resolve_databases,
-    supports,
+    runs,
 )
 from syncd.harness.report import ChaosRow
 from syncd.supervisor import unwrap
@@ -114,23 +112,12 @@ async def run_chaos(
     ``environ`` is the subprocess's environment (default: ours, minus the
     ``SYNCD_*`` variables that would change its config or its plugins).
     """
-    from syncd.manager import get_plugin_manager
-
-    pm = pm or get_plugin_manager()
-    subjects = find_subjects(pm, options.plugins, stem="chaos")
-    targets = resolve_databases(options.databases)
-    if not subjects:
-        progress("no installed plugin provides a workload; nothing to do")
     rows = []
-    for subject in subjects:
-        for target in targets:
-            if not supports(subject.workload, target):
-                progress(f"[chaos] {subject.plugin}/{target.name}: skipped (the plugin "
-                         f"writes to {', '.join(subject.workload.dialects)} only)")
-                continue
-            rng = random.Random(f"{options.seed}:{subject.plugin}:{target.name}")
-            run = ChaosRun(subject, target, options, rng, progress, _child_env(environ))
-            rows.append(await run.run())
+    for subject, target in runs(pm, options.plugins, options.databases,
+                                stem="chaos", progress=progress):
+        rng = random.Random(f"{options.seed}:{subject.plugin}:{target.name}")
+        run = ChaosRun(subject, target, options, rng, progress, _child_env(environ))
+        rows.append(await run.run())
     return rows
 
 

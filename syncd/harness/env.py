@@ -198,3 +198,31 @@ def find_subjects(
             continue
         subjects.append(Subject(name, prefix, results[0]))
     return subjects
+
+
+def runs(
+    pm: pluggy.PluginManager | None,
+    plugins: Sequence[str],
+    databases: Sequence[str],
+    *,
+    stem: str,
+    progress: Callable[[str], None],
+) -> Iterator[tuple[Subject, Target]]:
+    """Every (plugin, database) pair a bench or chaos run covers, in order.
+
+    Plugins whose workload cannot write to a database are skipped with a
+    progress line saying why.
+    """
+    from syncd.manager import get_plugin_manager
+
+    subjects = find_subjects(pm or get_plugin_manager(), plugins, stem=stem)
+    targets = resolve_databases(databases)
+    if not subjects:
+        progress("no installed plugin provides a workload; nothing to do")
+    for subject in subjects:
+        for target in targets:
+            if supports(subject.workload, target):
+                yield subject, target
+            else:
+                progress(f"[{stem}] {subject.plugin}/{target.name}: skipped (the plugin "
+                         f"writes to {', '.join(subject.workload.dialects)} only)")
