@@ -264,6 +264,10 @@ class ReliableQueue:
             heartbeat=f"{self.source}:consumer:{consumer}",
         )
 
+    def _finish_keys(self, keys: _Keys) -> list[str]:
+        """KEYS of the scripts that finish a consumer's batch (ack, close), in their order."""
+        return [keys.processing, keys.batch, keys.sealed, self.registry_key, keys.heartbeat]
+
     @property
     def _ttl_ms(self) -> int:
         return max(1, int(self.heartbeat_ttl * 1000))
@@ -370,14 +374,7 @@ class ReliableQueue:
         script = self._scripts["ack"]
         done = await self.redis.run(
             lambda client: script(
-                keys=[
-                    keys.processing,
-                    keys.batch,
-                    keys.sealed,
-                    self.registry_key,
-                    keys.heartbeat,
-                    *lists,
-                ],
+                keys=[*self._finish_keys(keys), *lists],
                 args=[batch.id, mark, batch.consumer, *dl_args],
                 client=client,
             )
@@ -470,13 +467,7 @@ class ReliableQueue:
         script = self._scripts["close"]
         done = await self.redis.run(
             lambda client: script(
-                keys=[
-                    keys.processing,
-                    keys.batch,
-                    keys.sealed,
-                    self.registry_key,
-                    keys.heartbeat,
-                ],
+                keys=self._finish_keys(keys),
                 args=[self.consumer],
                 client=client,
             )
