@@ -16,18 +16,20 @@ Redis keys, for ``inflight_prefix`` (e.g. ``syncd:inflight:traffic``):
 ``{inflight_prefix}:current``
     The id of the snapshot in flight; at most one at a time.
 ``{inflight_prefix}:{id}``
-    The snapshot itself, one hash: field = original key name, value = the
-    counter as it was when taken (a string counter's value as is; a hash
-    counter's fields as a MessagePack array ``[field, value, ...]``, packed
-    and unpacked by the Lua scripts, so Python never sees that encoding).
-    A new key, so it has no TTL even though the application's keys do.
+    The snapshot itself, a hash of two fields: ``data``, every counter taken
+    as one MessagePack array ``[key, value, key, value, ...]`` (a string
+    counter's value as is, a hash counter's as its flat HGETALL array), and
+    ``n``, how many counters that is. A new key, so it has no TTL even
+    though the application's keys do.
 
-One hash per snapshot rather than one in-flight key per counter keeps Redis'
-work per counter to a read plus its share of one batched HSET and one
-batched DEL, and makes commit one UNLINK and recovery one read. Measured
-here, snapshot and commit cost ~5 µs of Redis time per counter, about half
-of what one RENAMEd in-flight key each did (TYPE, RENAME, PERSIST, SADD,
-HGETALL, then a DEL per key at commit).
+One blob per snapshot rather than one in-flight key (or hash field) per
+counter keeps Redis' work per counter to a read and its share of one
+batched DEL; the script packs the blob once (``cmsgpack``, in C) and hands
+that same blob back, which Python unpacks in C too, so commit is one UNLINK
+and recovery one read. Measured here for 100,000 hash counters: 0.24 s of
+Redis time and 0.34 s end to end, against 0.38 s and 0.50 s with one packed
+hash field per counter, and about a quarter of what one RENAMEd in-flight
+key each cost (TYPE, RENAME, PERSIST, SADD, HGETALL, then a DEL per key).
 
 The script (and so the snapshot) is atomic: Redis runs it without
 interleaving, and persists and replicates its effects as one MULTI/EXEC. So
@@ -52,11 +54,13 @@ only one commit removes it. A lease (DESIGN.md §7) avoids the wasted work.
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
+import msgpack
 
 from syncd.deadletter import DeadLetter, script_args
 
@@ -72,36 +76,33 @@ Values = dict[str, bytes] | bytes
 #: limited to a few thousand values (LUAI_MAXCSTACK).
 _LUA_CHUNK = 1000
 
-# Move the scanned keys into the snapshot hash and return them, atomically.
+# Move the scanned keys into the snapshot and return it, atomically.
 # Keys that vanished or changed type since the SCAN are skipped (a hash read
 # with HGETALL under pcall: WRONGTYPE is skipped without a TYPE call; strings
 # with MGET, which gives nil for any other type). If a snapshot is already in
 # flight (a replayed call, another replica), do nothing: the caller loads it.
 # KEYS: current, snapshot hash, then the counter keys.
 # ARGV: snapshot id, kind ('hash' | 'string'), chunk size.
-# Returns {0} if one is in flight, else {1, key, value, key, value, ...}
+# Returns {0} if one is in flight, {1} if nothing was taken, else {1, blob}:
+# the MessagePack array [key, value, key, value, ...] also stored as `data`,
 # where a hash's value is its flat HGETALL array.
 _SNAPSHOT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
-local out, fields, gone = {1}, {}, {}
+local out, gone = {}, {}
 local chunk = tonumber(ARGV[3])
-local function flush()
-  if #fields > 0 then redis.call('HSET', KEYS[2], unpack(fields)) end
-  if #gone > 0 then redis.call('DEL', unpack(gone)) end
-  fields, gone = {}, {}
-end
-local function take(key, value, stored)
+local function take(key, value)
   out[#out + 1] = key
   out[#out + 1] = value
-  fields[#fields + 1] = key
-  fields[#fields + 1] = stored
   gone[#gone + 1] = key
-  if #gone >= chunk then flush() end
+  if #gone >= chunk then
+    redis.call('DEL', unpack(gone))
+    gone = {}
+  end
 end
 if ARGV[2] == 'hash' then
   for i = 3, #KEYS do
     local value = redis.pcall('HGETALL', KEYS[i])
-    if value.err == nil and #value > 0 then take(KEYS[i], value, cmsgpack.pack(value)) end
+    if value.err == nil and #value > 0 then take(KEYS[i], value) end
   end
 else
   for first = 3, #KEYS, chunk do
@@ -109,22 +110,16 @@ else
     local values = redis.call('MGET', unpack(KEYS, first, last))
     for i = first, last do
       local value = values[i - first + 1]
-      if value then take(KEYS[i], value, value) end
+      if value then take(KEYS[i], value) end
     end
   end
 end
-flush()
-if #out > 1 then redis.call('SET', KEYS[1], ARGV[1]) end
-return out
-"""
-
-# Read the snapshot in flight, in the shape _SNAPSHOT returns.
-# KEYS: snapshot hash. ARGV: kind.
-_LOAD = """
-local stored = redis.call('HGETALL', KEYS[1])
-if ARGV[1] ~= 'hash' then return stored end
-for i = 2, #stored, 2 do stored[i] = cmsgpack.unpack(stored[i]) end
-return stored
+if #gone > 0 then redis.call('DEL', unpack(gone)) end
+if #out == 0 then return {1} end
+local blob = cmsgpack.pack(out)
+redis.call('HSET', KEYS[2], 'data', blob, 'n', #out / 2)
+redis.call('SET', KEYS[1], ARGV[1])
+return {1, blob}
 """
 
 # Finish a snapshot: only if it is still the one in flight, push its dead
@@ -148,25 +143,73 @@ class Snapshot:
 
     Attributes:
         id: Unique per snapshot and stable across crashes: the ledger key.
-        entries: ``(original key, values)``: for hashes a field → raw value
-            dict, for strings the raw value. Values are not parsed: deciding
-            what is valid is the plugin's job.
+        raw: Every counter taken, flat and undecoded, exactly as Redis gave
+            it: ``[key, value, key, value, ...]`` (bytes), where a hash
+            counter's value is its flat ``[field, value, ...]`` list and a
+            string counter's the bytes. `pairs` walks it; a plugin that reads
+            100,000 counters a second judges these directly.
         recovered: Found in flight (left over from a crash, or another
             replica's): it may already be applied, so the ledger decides.
+        kind: Of the counters: ``"hash"`` or ``"string"``.
     """
 
     id: str
-    entries: list[tuple[str, Values]]
+    raw: list[Any] = attrs.field(repr=lambda raw: f"<{len(raw) // 2} counters>")
     recovered: bool = False
+    kind: Kind = "hash"
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.raw) // 2
+
+    def pairs(self) -> Iterator[tuple[bytes, Any]]:
+        """``(key, value)`` as in `raw`: the fast way through a snapshot."""
+        raw = self.raw
+        return zip(raw[0::2], raw[1::2], strict=True)
+
+    @functools.cached_property
+    def entries(self) -> list[tuple[str, Values]]:
+        """``(key, values)``, decoded: the key as text and, for hash counters,
+        a field → raw value dict. Values stay unparsed: deciding what is a
+        valid counter is the plugin's job."""
+        if self.kind == "string":
+            return [(_text(key), value) for key, value in self.pairs()]
+        return [(_text(key), _fields(value)) for key, value in self.pairs()]
 
 
 def _text(value: bytes | str) -> str:
     # Key and field names are text in practice; surrogateescape keeps any
     # odd byte visible instead of failing the whole snapshot.
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+#: Decoded field names: hash counters have the same few fields in every key.
+_NAMES: dict[bytes, str] = {}
+
+
+def _fields(flat: list[bytes]) -> dict[str, bytes]:
+    """A hash counter's flat HGETALL array as a field → raw value dict."""
+    try:  # the usual case: every name seen before, decoded in C
+        return dict(zip(map(_NAMES.__getitem__, flat[0::2]), flat[1::2], strict=True))
+    except KeyError:
+        pass
+    for raw in flat[0::2]:
+        if raw not in _NAMES and len(_NAMES) < 1000:  # odd names must not grow it for ever
+            _NAMES[raw] = _text(raw)
+    return {_NAMES.get(raw) or _text(raw): value
+            for raw, value in zip(flat[0::2], flat[1::2], strict=True)}
+
+
+def _current_key(inflight_prefix: str) -> str:
+    return f"{inflight_prefix}:current"
+
+
+def _snapshot_key(inflight_prefix: str, snapshot_id: str) -> str:
+    return f"{inflight_prefix}:{snapshot_id}"
+
+
+def _unpack(blob: bytes) -> list[Any]:
+    # raw=True: every string comes back as bytes, as Redis stored it.
+    return msgpack.unpackb(blob, raw=True, use_list=True)
 
 
 @attrs.define
@@ -192,24 +235,21 @@ class CounterSnapshots:
     scan_count: int = 1000
     _cursor: int = attrs.field(init=False, default=0, repr=False)
     _scripts: dict[str, Any] = attrs.field(init=False, repr=False, factory=dict)
-    #: Decoded field names: a hash counter has the same few fields in every key.
-    _names: dict[bytes, str] = attrs.field(init=False, repr=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         client = self.redis.client
         self._scripts["snapshot"] = client.register_script(_SNAPSHOT)
-        self._scripts["load"] = client.register_script(_LOAD)
         self._scripts["commit"] = client.register_script(_COMMIT)
 
     # -- key names -----------------------------------------------------------------
 
     @property
     def current_key(self) -> str:
-        return f"{self.inflight_prefix}:current"
+        return _current_key(self.inflight_prefix)
 
     def snapshot_key(self, snapshot_id: str) -> str:
-        """The hash holding snapshot ``snapshot_id`` (original key → counter)."""
-        return f"{self.inflight_prefix}:{snapshot_id}"
+        """The hash holding snapshot ``snapshot_id`` (its data and count)."""
+        return _snapshot_key(self.inflight_prefix, snapshot_id)
 
     # -- snapshot ------------------------------------------------------------------
 
@@ -256,7 +296,7 @@ class CounterSnapshots:
             return self._load_current(client)
         if len(reply) == 1:  # every key vanished (expired) since the SCAN
             return None
-        return Snapshot(snapshot_id, self._entries(reply, 1), recovered=False)
+        return Snapshot(snapshot_id, _unpack(reply[1]), recovered=False, kind=self.kind)
 
     def _scan(self, client: redis_py.Redis, max_keys: int) -> list[bytes]:
         """Up to ``max_keys`` distinct counter keys, resuming where the last scan stopped.
@@ -285,35 +325,15 @@ class CounterSnapshots:
         return list(found)[:max_keys]
 
     def _load_current(self, client: redis_py.Redis) -> Snapshot | None:
+        """The snapshot in flight, or None (also if it was committed meanwhile)."""
         snapshot_id = client.get(self.current_key)
         if snapshot_id is None:
             return None
         snapshot_id = _text(snapshot_id)
-        stored = self._scripts["load"](
-            keys=[self.snapshot_key(snapshot_id)], args=[self.kind], client=client
-        )
-        return Snapshot(snapshot_id, sorted(self._entries(stored, 0)), recovered=True)
-
-    def _entries(self, flat: list[Any], start: int) -> list[tuple[str, Values]]:
-        """``(key, values)`` pairs from a flat ``[key, value, key, value, ...]`` reply."""
-        keys = map(_text, flat[start::2])
-        if self.kind == "string":
-            return list(zip(keys, flat[start + 1::2], strict=True))
-        return [(key, self._fields(value)) for key, value in zip(keys, flat[start + 1::2],
-                                                                 strict=True)]
-
-    def _fields(self, flat: list[bytes]) -> dict[str, bytes]:
-        """A hash counter's flat HGETALL array as a field → raw value dict."""
-        names = self._names
-        try:  # the usual case: every name seen before, decoded in C
-            return dict(zip(map(names.__getitem__, flat[0::2]), flat[1::2], strict=True))
-        except KeyError:
-            pass
-        for raw in flat[0::2]:
-            if raw not in names and len(names) < 1000:  # odd names must not grow it for ever
-                names[raw] = _text(raw)
-        return {names.get(raw) or _text(raw): value
-                for raw, value in zip(flat[0::2], flat[1::2], strict=True)}
+        blob = client.hget(self.snapshot_key(snapshot_id), "data")
+        if blob is None:  # committed between the two reads: nothing in flight
+            return None
+        return Snapshot(snapshot_id, _unpack(blob), recovered=True, kind=self.kind)
 
     # -- commit --------------------------------------------------------------------
 
@@ -358,7 +378,13 @@ class CounterSnapshots:
 
     def in_flight(self, client: redis_py.Redis) -> int:
         """Counter keys in the snapshot in flight (0 if none); sync, for a thread."""
-        current = client.get(self.current_key)
+        return self.count_in_flight(client, self.inflight_prefix)
+
+    @staticmethod
+    def count_in_flight(client: redis_py.Redis, inflight_prefix: str) -> int:
+        """`in_flight` for any ``inflight_prefix``, from a plain client (test
+        harnesses count what is in flight without building the whole thing)."""
+        current = client.get(_current_key(inflight_prefix))
         if current is None:
             return 0
-        return int(client.hlen(self.snapshot_key(_text(current))))
+        return int(client.hget(_snapshot_key(inflight_prefix, _text(current)), "n") or 0)

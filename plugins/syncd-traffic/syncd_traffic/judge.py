@@ -1,7 +1,15 @@
 """Deciding what a snapshot's counters mean: SQL deltas or dead letters.
 
 Pure logic, no I/O: the worker hands over the ``(key, fields)`` pairs a
-snapshot took and gets back one delta row per node plus the dead letters.
+snapshot took, raw as Redis gave them (`syncd.Snapshot.pairs`: the key as
+bytes, the fields as a flat ``[field, value, ...]`` list), and gets back one
+delta row per node plus the dead letters.
+
+Judging is the plugin's hottest Python: every counter passes through it, and
+at 100,000 counters a flush each microsecond is 0.1 s. So the common shape,
+``upload`` and ``download`` as plain digits under a plain-digit id, is
+recognised on the raw bytes without building a dict or decoding a string
+(~0.6 µs a counter); anything else takes the general path below (~4 µs).
 
 The rules (README "Bad data"):
 
@@ -30,7 +38,11 @@ from syncd_traffic.config import NODE_ID, TrafficConfig
 
 FIELDS = ("upload", "download")
 _FIELD_SET = frozenset(FIELDS)
+_UP, _DOWN = b"upload", b"download"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: A hash counter's fields: the flat ``[field, value, ...]`` list of a
+#: snapshot, or (general path) a decoded field → value mapping.
+Fields = list[bytes] | Mapping[str, bytes]
 _INTEGER = re.compile(rb"^-?[0-9]{1,19}$")
 _ID = re.compile(r"^-?[0-9]{1,19}$")
 
@@ -55,13 +67,14 @@ class Judged:
         deltas: node id → ``[upload, download]`` summed over the snapshot's
             keys for that node (two keys can name one node, e.g. ``7``/``07``,
             and one UPDATE per id must carry both).
-        sources: node id → the ``(key, fields)`` pairs behind its delta, to
+        sources: node id → the ``(key, fields)`` pairs behind its delta (raw,
+            or decoded for a counter that took the general path), to
             quarantine them verbatim if the row turns out to be missing.
         letters: The entries rejected before SQL.
     """
 
     deltas: dict[int, list[int]] = attrs.Factory(dict)
-    sources: dict[int, list[tuple[str, Mapping[str, bytes]]]] = attrs.Factory(dict)
+    sources: dict[int, list[tuple[bytes, Fields]]] = attrs.Factory(dict)
     letters: list[Letter] = attrs.Factory(list)
 
     def rows(self, config: TrafficConfig) -> list[tuple[int, ...]]:
@@ -109,54 +122,80 @@ def _integer(raw: bytes) -> int | None:
 
 
 def judge(
-    entries: Iterable[tuple[str, Mapping[str, bytes]]], config: TrafficConfig, plugin: str,
+    pairs: Iterable[tuple[bytes, list[bytes]]], config: TrafficConfig, plugin: str,
 ) -> Judged:
-    """Sort a snapshot's entries (see the module docstring for the rules)."""
+    """Sort a snapshot's counters (see the module docstring for the rules)."""
     judged = Judged()
     deltas, sources = judged.deltas, judged.sources
-    head, tail = config.key_pattern.split(NODE_ID)
-    start, cut = len(head), len(head) + len(tail)
-    for key, fields in entries:
-        nid = None
-        if len(key) > cut and key.startswith(head) and key.endswith(tail):
-            nid = _id(key[start:len(key) - len(tail)])
-        if nid is None:
-            judged.letters.append(_letter(BAD_ID, config, plugin, key, fields,
-                                          f"key {key!r} does not hold an integer node id"))
-            continue
-        if len(fields) > 2 or not fields.keys() <= _FIELD_SET:
-            known = {f: v for f, v in fields.items() if f in _FIELD_SET}
-            unknown = {f: v for f, v in fields.items() if f not in _FIELD_SET}
-            judged.letters.append(_letter(
-                UNKNOWN_FIELD, config, plugin, key, unknown,
-                f"unknown field(s) {', '.join(sorted(unknown))}; only upload and download "
-                "are counted (the known fields were applied)"))
-            if not known:
-                continue
-        else:
-            known = fields
-        raw_up, raw_down = known.get("upload", b"0"), known.get("download", b"0")
-        up, down = _integer(raw_up), _integer(raw_down)
-        if up is None or down is None:
-            bad = [f for f, v in (("download", down), ("upload", up)) if v is None]
-            judged.letters.append(_letter(
-                BAD_VALUE, config, plugin, key, fields,
-                f"{' and '.join(bad)} not a 64-bit integer"))
-            continue
-        delta = deltas.get(nid)
-        if delta is not None:
-            up, down = delta[0] + up, delta[1] + down
-        if not (INT64_MIN <= up + down <= INT64_MAX and INT64_MIN <= up <= INT64_MAX
-                and INT64_MIN <= down <= INT64_MAX):
-            judged.letters.append(_letter(
-                BAD_VALUE, config, plugin, key, fields, "upload + download overflows BIGINT"))
-            continue
-        deltas[nid] = [up, down]
-        if delta is None:
-            sources[nid] = [(key, known)]
-        else:
-            sources[nid].append((key, known))
+    head, tail = (part.encode() for part in config.key_pattern.split(NODE_ID))
+    start, tail_len = len(head), len(tail)
+    for key, flat in pairs:
+        # The fast path: four plain-digit values (≤ 18 digits always fit a
+        # BIGINT, and so does the sum of two) for a node not seen yet in
+        # this snapshot. bytes.isdigit() is ASCII-only, unlike int().
+        if len(flat) == 4 and key.startswith(head) and key.endswith(tail):
+            digits = key[start:len(key) - tail_len]
+            name0, value0, name1, value1 = flat
+            if (digits.isdigit() and len(digits) <= 18 and value0.isdigit()
+                    and value1.isdigit() and len(value0) <= 18 and len(value1) <= 18):
+                nid = int(digits)
+                if nid not in deltas:
+                    if name0 == _UP and name1 == _DOWN:
+                        deltas[nid] = [int(value0), int(value1)]
+                        sources[nid] = [(key, flat)]
+                        continue
+                    if name0 == _DOWN and name1 == _UP:
+                        deltas[nid] = [int(value1), int(value0)]
+                        sources[nid] = [(key, flat)]
+                        continue
+        _judge_one(judged, key, flat, config, plugin)
     return judged
+
+
+def _judge_one(
+    judged: Judged, raw_key: bytes, flat: list[bytes], config: TrafficConfig, plugin: str,
+) -> None:
+    """The general path: one counter of any shape, with the reason when it is bad."""
+    deltas, sources = judged.deltas, judged.sources
+    key = _text(raw_key)
+    fields = _decoded(flat)
+    nid = node_id(key, config)
+    if nid is None:
+        judged.letters.append(_letter(BAD_ID, config, plugin, raw_key, fields,
+                                      f"key {key!r} does not hold an integer node id"))
+        return
+    if len(fields) > 2 or not fields.keys() <= _FIELD_SET:
+        known = {f: v for f, v in fields.items() if f in _FIELD_SET}
+        unknown = {f: v for f, v in fields.items() if f not in _FIELD_SET}
+        judged.letters.append(_letter(
+            UNKNOWN_FIELD, config, plugin, raw_key, unknown,
+            f"unknown field(s) {', '.join(sorted(unknown))}; only upload and download "
+            "are counted (the known fields were applied)"))
+        if not known:
+            return
+    else:
+        known = fields
+    raw_up, raw_down = known.get("upload", b"0"), known.get("download", b"0")
+    up, down = _integer(raw_up), _integer(raw_down)
+    if up is None or down is None:
+        bad = [f for f, v in (("download", down), ("upload", up)) if v is None]
+        judged.letters.append(_letter(
+            BAD_VALUE, config, plugin, raw_key, fields,
+            f"{' and '.join(bad)} not a 64-bit integer"))
+        return
+    delta = deltas.get(nid)
+    if delta is not None:
+        up, down = delta[0] + up, delta[1] + down
+    if not (INT64_MIN <= up + down <= INT64_MAX and INT64_MIN <= up <= INT64_MAX
+            and INT64_MIN <= down <= INT64_MAX):
+        judged.letters.append(_letter(
+            BAD_VALUE, config, plugin, raw_key, fields, "upload + download overflows BIGINT"))
+        return
+    deltas[nid] = [up, down]
+    if delta is None:
+        sources[nid] = [(raw_key, known)]
+    else:
+        sources[nid].append((raw_key, known))
 
 
 def missing_letters(
@@ -173,14 +212,20 @@ def missing_letters(
     return letters
 
 
+def _decoded(fields: Fields) -> dict[str, bytes]:
+    """Field names as text, values still raw."""
+    if isinstance(fields, Mapping):
+        return dict(fields)
+    return {_text(name): value for name, value in zip(fields[0::2], fields[1::2], strict=True)}
+
+
 def _letter(
-    kind: str, config: TrafficConfig, plugin: str, key: str, fields: Mapping[str, bytes],
-    reason: str,
+    kind: str, config: TrafficConfig, plugin: str, key: bytes, fields: Fields, reason: str,
 ) -> Letter:
     # ensure_ascii keeps the payload exact for any byte: odd bytes arrive as
     # surrogate escapes and come back out of json.loads the same way.
     payload = json.dumps(
-        {"key": key, "values": {f: _text(v) for f, v in fields.items()}},
+        {"key": _text(key), "values": {f: _text(v) for f, v in _decoded(fields).items()}},
         separators=(",", ":"),
     )
     return Letter(kind, syncd.DeadLetter(config.dead_letter, payload, reason, plugin))

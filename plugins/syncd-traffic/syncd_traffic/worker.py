@@ -247,7 +247,7 @@ class TrafficWorker:
         snapshot = await lane.snapshot(self.config.batch_size)
         if snapshot is None:
             return None
-        judged = judge(snapshot.entries, self.config, self.ctx.name)
+        judged = judge(snapshot.pairs(), self.config, self.ctx.name)
         syncd.crash_point(self.ctx.name, "after_snapshot")
         return Taken(lane, snapshot, judged, judged.rows(self.config))
 
@@ -297,9 +297,8 @@ class TrafficWorker:
                 "examples": [json.loads(letter.entry.payload)["key"] for letter in letters[:3]]})
         nodes = len(taken.rows) - len(missing)
         if applied:
-            missing_set = set(missing)
-            flushed = sum(sum(delta) for nid, delta in taken.judged.deltas.items()
-                          if nid not in missing_set)
+            deltas = taken.judged.deltas
+            flushed = taken.judged.bytes - sum(sum(deltas[nid]) for nid in missing)
             self._bytes += flushed
             self.metrics.nodes_flushed.inc(nodes)
             self.metrics.bytes_flushed.inc(flushed)

@@ -158,10 +158,7 @@ class TrafficWorkload:
         waiting = sum(1 for _ in env.redis.scan_iter(
             match=self.key("*"), count=1000, _type="hash"))
         for lane in TrafficConfig(inflight_prefix=self.inflight_prefix).inflight_prefixes:
-            current = env.redis.get(f"{lane}:current")
-            if current is not None:
-                # The snapshot hash (see syncd.counters): one field per key.
-                waiting += env.redis.hlen(f"{lane}:{current.decode()}")
+            waiting += syncd.CounterSnapshots.count_in_flight(env.redis, lane)
         return waiting
 
     # -- counting ------------------------------------------------------------------
