@@ -153,8 +153,13 @@ class _RecordingCursor:
 
 
 class _RecordingConnection:
+    server_status = 0  # no NO_BACKSLASH_ESCAPES
+
     def __init__(self) -> None:
         self.cur = _RecordingCursor()
+
+    def escape(self, value: Any) -> str:
+        return repr(value)
 
     def cursor(self) -> _RecordingCursor:
         return self.cur

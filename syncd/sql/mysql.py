@@ -2,7 +2,7 @@
 
 pymysql always interpolates parameters on the client, so the fast path is to
 build multi-row statements ourselves — ``INSERT … VALUES (…), (…), …`` —
-escaping each row with the cursor's `mogrify` (which honours
+escaping values exactly as the driver does (and as it honours
 NO_BACKSLASH_ESCAPES), in chunks that stay far below ``max_allowed_packet``.
 That is what ``cursor.executemany`` does for plain INSERTs, but it also
 covers the MySQL 8 row-alias form and derived tables, which its regular
@@ -25,13 +25,16 @@ executemany.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 import pymysql
 import pymysql.err
+from pymysql.constants import SERVER_STATUS
+from pymysql.converters import escape_string
 
 from syncd.sql.base import Database, Dialect, Transaction
 
@@ -113,6 +116,16 @@ class ServerInfo:
                    values_union=mariadb and numbers >= (10, 3, 0))
 
 
+#: Joins the strings of a batch for escaping them in one pass (`MySQLTransaction._literals`):
+#: a control character that neither way of escaping touches.
+_SEPARATOR = "\x1f"
+
+
+def _double_quotes(text: str) -> str:
+    """String escaping under NO_BACKSLASH_ESCAPES, as pymysql does it."""
+    return text.replace("'", "''")
+
+
 class _Short(Exception):
     """An UPDATE found fewer rows than keys: roll it back to its savepoint."""
 
@@ -144,16 +157,59 @@ class MySQLTransaction(Transaction):
         # Not INSERT IGNORE: that also turns data errors into warnings.
         return f" ON DUPLICATE KEY UPDATE {cols_q[0]} = {cols_q[0]}"
 
-    # Rows are rendered as tuples of SQL literals: by the driver's mogrify for
-    # arbitrary values, by str() for the ints of increments (keys rendered
-    # once), which halves the Python time of a 50k-row increment.
+    # Rows are rendered as SQL literals in Python, exactly as the driver's
+    # own escaping renders them: by str() for the ints of increments (keys
+    # rendered once), which halves the Python time of a 50k-row increment,
+    # and for inserts by `_literals`.
 
-    def _literals(self, rows: Iterable[Sequence[Any]], width: int) -> Iterator[tuple[str, ...]]:
-        """Each row as one rendered ``a, b, c`` (a 1-tuple: one mogrify call per row)."""
-        mogrify = self._cursor().mogrify
+    def _literals(self, rows: list[tuple[Any, ...]], width: int) -> list[str]:
+        """Each row rendered as ``a, b, c``, as ``cursor.mogrify`` would render it.
+
+        Strings and ints, nearly all that plugins insert, are rendered here,
+        anything else by the driver's ``escape``. Rows of nothing but strings
+        are escaped in one pass over all their text, joined by a character no
+        value holds and escaping leaves alone, then split again: ~0.4 µs per
+        row of three strings against ~1.7 µs for one mogrify call per row,
+        which was a sixth of the votes plugin's Python time per vote.
+        """
+        flat = list(chain.from_iterable(rows))
+        escape_text = self._escape_text()
+        if set(map(type, flat)) == {str}:
+            joined = _SEPARATOR.join(flat)
+            if joined.count(_SEPARATOR) == len(flat) - 1:
+                values = escape_text(joined).split(_SEPARATOR)
+                quoted = ", ".join(["'%s'"] * width)
+                return [quoted % row for row in zip(*[iter(values)] * width, strict=True)]
+        escape = self._conn.escape
+        values = [
+            f"'{escape_text(v)}'" if type(v) is str else str(v) if type(v) is int else escape(v)
+            for v in flat
+        ]
         pattern = ", ".join(["%s"] * width)
-        for row in rows:
-            yield (mogrify(pattern, tuple(row)),)
+        return [pattern % row for row in zip(*[iter(values)] * width, strict=True)]
+
+    def _escape_text(self) -> Callable[[str], str]:
+        """How the driver escapes the inside of a string literal on this
+        connection (``pymysql.connections.Connection._escape_string``): it
+        depends on the session's NO_BACKSLASH_ESCAPES, which pymysql tracks."""
+        if self._conn.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+            return _double_quotes
+        return escape_string
+
+    def _statements(self, rendered: list[str]) -> Iterator[str]:
+        """``(…), (…), …`` lists of rendered rows, each small enough for one statement."""
+        budget = self._db._server.max_statement_chars
+        sizes = [len(row) + 4 for row in rendered]
+        if len(rendered) <= MAX_ROWS_PER_STATEMENT and sum(sizes) <= budget:
+            yield "(" + "), (".join(rendered) + ")"
+            return
+        start = size = 0
+        for i, row_size in enumerate(sizes):
+            if i > start and (size + row_size > budget or i - start >= MAX_ROWS_PER_STATEMENT):
+                yield "(" + "), (".join(rendered[start:i]) + ")"
+                start, size = i, 0
+            size += row_size
+        yield "(" + "), (".join(rendered[start:]) + ")"
 
     def _key_literal(self, key: int | str) -> str:
         return str(key) if type(key) is int else self._cursor().mogrify("%s", (key,))
@@ -202,9 +258,14 @@ class MySQLTransaction(Transaction):
 
     def _insert_rows(self, table_q: str, cols_q: list[str], rows: list[tuple[Any, ...]]) -> int:
         prefix = f"INSERT INTO {table_q} ({', '.join(cols_q)}) VALUES "
-        return self._execute_values(
-            prefix, self._literals(rows, len(cols_q)), self._conflict_do_nothing(cols_q)
-        )
+        suffix = self._conflict_do_nothing(cols_q)
+        cur = self._cursor()
+        total = 0
+        for values in self._statements(self._literals(rows, len(cols_q))):
+            # No parameters: the values are escaped already, and pymysql
+            # leaves a query without args alone (no % interpolation).
+            total += cur.execute(prefix + values + suffix)
+        return total
 
     def _upsert_increment(
         self,
