@@ -5,6 +5,15 @@ Trio thread. Everything here is deterministic given the item and ``now``, so
 a batch replayed after a crash sorts items into rows and dead letters exactly
 as the first attempt did (only a missing timestamp depends on ``now``, and a
 replay never re-inserts rows the ledger says were committed).
+
+Two paths, one answer. `parse_vote` is the reference: the standard library's
+JSON decoder, every check, the exact reason. `parse_batch` first tries a
+fast path for the usual item (orjson, plain ASCII fields, a timestamp in one
+of the common forms) and hands anything else to `parse_vote`, so the fast
+path only ever accepts what the reference accepts, with the same row. On a
+2-core box shared with the database, Python time per vote is throughput:
+the fast path takes ~1 µs a vote where the reference took ~3.5 µs
+(including the timestamp's text for MySQL).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import attrs
+import orjson
 
 from syncd_votes.config import VOTE_MAX, VOTER_ID_MAX
 
@@ -41,12 +51,14 @@ class Vote(NamedTuple):
     Attributes:
         vote: The choice, 1-10 characters.
         voter_id: Who voted, 1-255 characters.
-        timestamp: When, in UTC, naive, whole seconds (the column is DATETIME).
+        timestamp: When, in UTC, naive, whole seconds (the column is DATETIME);
+            with ``text=True``, that instant as ``YYYY-MM-DD HH:MM:SS`` text,
+            which the MySQL and SQLite drivers take fastest.
     """
 
     vote: str
     voter_id: str
-    timestamp: datetime
+    timestamp: datetime | str
 
 
 @attrs.frozen
@@ -68,16 +80,125 @@ def parse_batch(
     now: datetime,
     allowed: Collection[str] | None = None,
     max_bytes: int = 65536,
+    text: bool = False,
 ) -> Parsed:
-    """Validate every item of a batch; positions are indexes into ``items``."""
+    """Validate every item of a batch; positions are indexes into ``items``.
+
+    Same answer as `parse_vote` item by item (``text``: timestamps as
+    ``YYYY-MM-DD HH:MM:SS``), faster for the usual item: see the module.
+    """
     votes: list[tuple[int, Vote]] = []
     invalid: list[tuple[int, str]] = []
+    now = now.replace(microsecond=0)
+    stamp: datetime | str = str(now) if text else now
+    minutes = _MINUTES if text else None
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
     for position, raw in enumerate(items):
+        # The fast path: anything unusual falls through to parse_vote.
+        if len(raw) <= max_bytes:
+            try:
+                doc = loads(raw)
+            except decode_error:
+                doc = None
+            if type(doc) is dict:
+                vote = doc.get("vote")
+                voter = doc.get("voter_id")
+                if (
+                    type(vote) is str and type(voter) is str
+                    and 0 < len(vote) <= VOTE_MAX and 0 < len(voter) <= VOTER_ID_MAX
+                    and vote.isascii() and voter.isascii()
+                    and not vote.isspace() and not voter.isspace()
+                    and (allowed is None or vote in allowed)
+                ):
+                    when = doc.get("timestamp")
+                    kind = type(when)
+                    if when is None:
+                        votes.append((position, Vote(vote, voter, stamp)))
+                        continue
+                    if kind is str:
+                        found = _fast_iso(when, text)
+                    elif (kind is int or kind is float) and -_FAST_EPOCH < when < _FAST_EPOCH:
+                        found = _fast_epoch(when, minutes)
+                    else:
+                        found = None
+                    if found is not None:
+                        votes.append((position, Vote(vote, voter, found)))
+                        continue
         try:
-            votes.append((position, parse_vote(raw, now=now, allowed=allowed, max_bytes=max_bytes)))
+            found_vote = parse_vote(raw, now=now, allowed=allowed, max_bytes=max_bytes)
         except Invalid as exc:
             invalid.append((position, str(exc)))
+            continue
+        if text:
+            found_vote = found_vote._replace(timestamp=str(found_vote.timestamp))
+        votes.append((position, found_vote))
     return Parsed(votes, invalid)
+
+
+#: orjson reads integers beyond 64 bits as floats (the standard library keeps
+#: them exact): the fast path takes numbers only well inside both, and far
+#: beyond any valid epoch (1e15 ms is the year 33658), so the reference
+#: judges the rest with their exact value.
+_FAST_EPOCH = 1e15
+#: ``YYYY-MM-DD HH:MM:`` of recent epoch minutes (`_fast_epoch`), for text timestamps.
+_MINUTES: dict[int, str] = {}
+_MINUTES_KEPT = 4096
+_SECONDS = [f"{n:02d}" for n in range(60)]
+
+
+def _fast_iso(value: str, text: bool) -> datetime | str | None:
+    """``YYYY-MM-DDTHH:MM:SS`` with nothing or ``Z`` after it; None for anything else.
+
+    Any other form (offsets, fractions, week dates, ...) is left to the
+    reference. The separators are checked after the parse succeeded, so
+    the text can be cut from the input instead of formatted again.
+    """
+    size = len(value)
+    if size == 20:
+        if value[19] != "Z":
+            return None
+        value = value[:19]
+    elif size != 19:
+        return None
+    if value[4] != "-" or value[7] != "-" or value[13] != ":" or value[16] != ":":
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if when.year < _MIN_YEAR:
+        return None
+    if not text:
+        return when
+    return f"{value[:10]} {value[11:]}"
+
+
+def _fast_epoch(value: float, minutes: dict[int, str] | None) -> datetime | str | None:
+    """Epoch seconds or milliseconds (finite, within ±1e15) → naive UTC; None if out of range."""
+    if type(value) is int:
+        seconds = value // 1000 if abs(value) >= _MS_THRESHOLD else value
+    else:
+        seconds = math.floor(value / 1000 if abs(value) >= _MS_THRESHOLD else value)
+    if minutes is None:
+        try:
+            when = _EPOCH + timedelta(seconds=seconds)
+        except OverflowError:
+            return None
+        return when if when.year >= _MIN_YEAR else None
+    minute, second = divmod(seconds, 60)
+    prefix = minutes.get(minute)
+    if prefix is None:
+        try:
+            when = _EPOCH + timedelta(minutes=minute)
+        except OverflowError:
+            return None
+        if when.year < _MIN_YEAR:
+            return None
+        if len(minutes) >= _MINUTES_KEPT:
+            minutes.clear()
+        prefix = minutes[minute] = str(when)[:17]
+    return prefix + _SECONDS[second]
 
 
 def parse_vote(

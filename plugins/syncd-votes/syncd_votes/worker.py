@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -235,7 +234,8 @@ class VotesWorker:
         started = time.perf_counter()
         now = datetime.now(UTC).replace(tzinfo=None)
         parsed = parse_batch(
-            batch.items, now=now, allowed=self._allowed, max_bytes=cfg.max_item_bytes)
+            batch.items, now=now, allowed=self._allowed, max_bytes=cfg.max_item_bytes,
+            text=text_timestamps(self.database.dialect))
         applied, dead = True, parsed.invalid
         stored: list[str] = []
         if parsed.votes:
@@ -296,7 +296,7 @@ class VotesWorker:
         reason)`` of every item that was not stored.
         """
         answer = tx.insert_ignore(
-            self.config.table, COLUMNS, _rows(tx.dialect, parsed), isolate=isolate)
+            self.config.table, COLUMNS, [vote for _, vote in parsed.votes], isolate=isolate)
         if not answer.rejected:
             return [vote.vote for _, vote in parsed.votes], parsed.invalid
         refused = dict(answer.rejected)
@@ -332,16 +332,16 @@ class VotesWorker:
         return await self.ctx.redis.run(lengths)
 
 
-def _rows(dialect: str, parsed: Parsed) -> Sequence[tuple[Any, ...]]:
-    """The parameter rows, with the timestamp in the form each driver takes fastest.
+def text_timestamps(dialect: str) -> bool:
+    """Whether timestamps go to ``dialect`` as ``YYYY-MM-DD HH:MM:SS`` text
+    rather than a datetime: the form its driver takes fastest.
 
-    MySQL and SQLite get ``YYYY-MM-DD HH:MM:SS`` text: pymysql escapes a
-    datetime three times slower than a string, and sqlite3's datetime adapter
-    is deprecated. PostgreSQL gets the datetime (text would be typed ``text``).
+    MySQL and SQLite take text (pymysql escapes a datetime three times slower
+    than a string, and a batch of only strings is escaped in one pass;
+    sqlite3's datetime adapter is deprecated). PostgreSQL takes the datetime
+    (text would be typed ``text``).
     """
-    if dialect == "postgresql":
-        return [vote for _, vote in parsed.votes]
-    return [(vote, voter, str(when)) for _, (vote, voter, when) in parsed.votes]
+    return dialect != "postgresql"
 
 
 def _encode_detail(dead: list[tuple[int, str]]) -> str | None:

@@ -104,3 +104,62 @@ def test_parse_batch_keeps_positions() -> None:
                          now=NOW)
     assert [p for p, _ in parsed.votes] == [0, 2]
     assert [p for p, _ in parsed.invalid] == [1]
+
+
+class TestFastPathAgreesWithReference:
+    """`parse_batch`'s fast path must sort every item exactly as `parse_vote` does."""
+
+    CORPUS = [
+        *(vote(vote=v, voter_id="u", timestamp=ts) for v in ("a", "x" * 10) for ts in (
+            "2024-03-01T10:00:00", "2024-03-01T10:00:00Z", "2024-03-01 10:00:00",
+            "2024-03-01x10:00:00", "2024-03-01T10:00:00+02:00", "2024-03-01T10:00:00.5",
+            "2024-03-01T10:00:00.5Z", "2024-W09-5T10:00:00", "2024-061T10:00:00",
+            "0999-12-31T23:59:59", "0999-12-31T23:59:59Z", "1000-01-01T00:00:00",
+            "9999-12-31T23:59:59Z", "2024-02-30T10:00:00", "2024-03-01T24:00:00",
+            "2024-03-01T10:00:00Y", "20240301T100000", "", " ", "yesterday",
+            0, 1, -1, 59, 60, -61, 1709287200, 1709287200.9, -1709287200.5, 1709287200000,
+            1709287200999, 99_999_999_999, 100_000_000_000, 253402300799, 253402300800,
+            -30610224000, -30610224001, 10**15 - 1, 10**15, -(10**14), 10**30, 2**64, -(2**63) - 1,
+            1e300, 0.0, -0.0, None, True, [1], {"t": 1},
+        )),
+        vote(vote="a", voter_id="u"),
+        vote(vote="a", voter_id="u", timestamp=None, extra=[1, 2]),
+        vote(vote="", voter_id="u"), vote(vote=" ", voter_id="u"), vote(vote="a", voter_id="\t"),
+        vote(vote="x" * 11, voter_id="u"), vote(vote="a", voter_id="u" * 255),
+        vote(vote="a", voter_id="u" * 256), vote(vote="é", voter_id="u"),
+        vote(vote="a", voter_id="ü" * 255), vote(vote="🗳️", voter_id="'; DROP TABLE votes; --"),
+        vote(vote="a\x00b", voter_id="u"), vote(vote=1, voter_id="u"), vote(vote="a", voter_id=2),
+        vote(vote=True, voter_id="u"), vote(voter_id="u"), vote(vote="a"),
+        b'{"vote": "\\ud800", "voter_id": "u"}', b'{"vote": "a", "voter_id": "u\\udfff"}',
+        b'{"vote": "a", "vote": "b", "voter_id": "u"}', b'{"vote": "a", "voter_id": "u\x01"}',
+        b'{"vote": "a", "voter_id": "u", "timestamp": NaN}',
+        b'{"vote": "a", "voter_id": "u", "timestamp": 1e400}',
+        b'{"vote": "a", "voter_id": "u", "timestamp": 1' + b"0" * 30 + b"}",
+        b'\xef\xbb\xbf{"vote": "a", "voter_id": "u"}', b'{"vote": "a", "voter_id": "\xff"}',
+        b" {\"vote\": \"a\", \"voter_id\": \"u\"} ", b"[" * 2000 + b"]" * 2000, b"", b"null",
+        b"not json", b'"a"', b"[1]", b'{"vote": "a", "voter_id": "u", "pad": "' + b"x" * 70000
+        + b'"}',
+    ]
+
+    @pytest.mark.parametrize("allowed", [None, {"a", "🗳️"}])
+    @pytest.mark.parametrize("text", [False, True])
+    def test_same_answer(self, text: bool, allowed: set[str] | None) -> None:
+        parsed = parse_batch(self.CORPUS, now=NOW, allowed=allowed, text=text)
+        votes, invalid = dict(parsed.votes), dict(parsed.invalid)
+        assert sorted([*votes, *invalid]) == list(range(len(self.CORPUS)))
+        for position, raw in enumerate(self.CORPUS):
+            try:
+                expected = parse_vote(raw, now=NOW, allowed=allowed)
+            except Invalid as exc:
+                assert invalid.get(position) == str(exc), raw[:80]
+                continue
+            if text:
+                expected = expected._replace(timestamp=str(expected.timestamp))
+            assert votes.get(position) == expected, raw[:80]
+
+    def test_text_timestamps_are_datetime_text(self) -> None:
+        parsed = parse_batch([vote(vote="a", voter_id="u", timestamp=ts) for ts in (
+            "2024-03-01T10:00:00Z", 1709287200, 1709287200999, None)], now=NOW, text=True)
+        assert [v.timestamp for _, v in parsed.votes] == [
+            "2024-03-01 10:00:00", "2024-03-01 10:00:00", "2024-03-01 10:00:00",
+            "2030-05-06 07:08:09"]
