@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -357,22 +357,30 @@ class CounterSnapshots:
 
     # -- gauges --------------------------------------------------------------------
 
-    async def pending(self, cap: int = 100_000) -> int:
+    async def pending(
+        self, cap: int = 100_000, *, stop: Callable[[], bool] | None = None,
+    ) -> int | None:
         """Counter keys waiting, plus those in flight (for the backlog metric).
 
         Counts with SCAN, stopping at ``cap`` keys so a huge keyspace costs a
-        bounded amount of work; the answer is approximate (SCAN may repeat a key).
+        bounded amount of work; the answer is approximate (SCAN may repeat a
+        key). ``stop`` is asked between SCAN pages: once it says so the count
+        is given up and None returned (a flush that starts walks the keyspace
+        itself, and two walks side by side only slow each other).
         """
 
-        def count(client: redis_py.Redis) -> int:
+        def count(client: redis_py.Redis) -> int | None:
             skip = self.inflight_prefix.encode() + b":"
-            waiting = 0
-            for key in client.scan_iter(match=self.pattern, count=self.scan_count, _type=self.kind):
-                if not key.startswith(skip):
-                    waiting += 1
-                    if waiting >= cap:
-                        break
-            return waiting + self.in_flight(client)
+            waiting, cursor = 0, 0
+            while True:
+                cursor, keys = client.scan(
+                    cursor, match=self.pattern, count=self.scan_count, _type=self.kind)
+                waiting += sum(1 for key in keys if not key.startswith(skip))
+                if cursor == 0 or waiting >= cap:
+                    break
+                if stop is not None and stop():
+                    return None
+            return min(waiting, cap) + self.in_flight(client)
 
         return await self.redis.run(count)
 

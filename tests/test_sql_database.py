@@ -221,35 +221,80 @@ class TestIncrement:
         assert (result.updated, result.missing) == (2, [3])
         assert await rows_of(db, table, "id, n, m") == [(1, 1, 1), (2, 5, 2)]
 
-    async def test_mysql_row_deleted_during_increment(
+    async def test_mysql_row_inserted_during_increment(
         self, db: Database, make_table: MakeTable, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """MySQL reads which keys have rows without locking, then UPDATEs and
-        checks the count: a row deleted in between sends it down the locked path."""
+        """MySQL UPDATEs first and reads which keys have no row only when the
+        count is short: a row created in between makes the two disagree, and
+        the chunk is redone under lock rather than report a key as missing
+        that was not updated, or updated one that was reported missing."""
         if db.dialect is not Dialect.MYSQL:
-            pytest.skip("MySQL's two-statement increment")
+            pytest.skip("MySQL's update-then-read increment")
         from syncd.sql.mysql import MySQLTransaction
 
         table = await make_table(COUNTERS)
-        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, 1, 1), (2, 2, 2)")
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, 1, 1)")
         other = db._open()  # type: ignore[attr-defined]
         read = MySQLTransaction.fetchall
+        reads: list[str] = []
 
-        def read_then_delete(tx: Transaction, sql: str, params: object = None) -> list[tuple]:
-            rows = read(tx, sql, params)  # type: ignore[arg-type]
+        def insert_then_read(tx: Transaction, sql: str, params: object = None) -> list[tuple]:
             if "LEFT JOIN" in sql and "FOR UPDATE" not in sql:  # the plain read
                 with other.cursor() as cur:
-                    cur.execute(f"DELETE FROM {table} WHERE id = 2")
+                    cur.execute(f"INSERT INTO {table} (id, n, m) VALUES (2, 7, 7)")
                 other.commit()
-            return rows
+            reads.append(sql)
+            return read(tx, sql, params)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(MySQLTransaction, "fetchall", read_then_delete)
+        monkeypatch.setattr(MySQLTransaction, "fetchall", insert_then_read)
         try:
             result = await db.increment(table, "id", ["n", "m"], [(1, 5, 0), (2, 5, 0)])
         finally:
             other.close()
-        assert (result.updated, result.missing) == (1, [2])
-        assert await rows_of(db, table, "id, n, m") == [(1, 6, 1)]
+        assert any("FOR UPDATE" in sql for sql in reads)  # it took the locked path
+        assert (result.updated, result.missing) == (2, [])
+        assert await rows_of(db, table, "id, n, m") == [(1, 6, 1), (2, 12, 7)]
+
+    async def test_mysql_one_statement_when_every_key_has_a_row(
+        self, db: Database, make_table: MakeTable, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The usual case costs one UPDATE per chunk: no read of absent keys."""
+        if db.dialect is not Dialect.MYSQL:
+            pytest.skip("MySQL's update-then-read increment")
+        from syncd.sql.mysql import MySQLTransaction
+
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, 1, 1), (2, 2, 2)")
+        reads: list[str] = []
+        read = MySQLTransaction.fetchall
+
+        def spy(tx: Transaction, sql: str, params: object = None) -> list[tuple]:
+            reads.append(sql)
+            return read(tx, sql, params)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(MySQLTransaction, "fetchall", spy)
+        result = await db.increment(table, "id", ["n", "m"], [(2, 1, 1), (1, 3, 0)])
+        assert (result.updated, result.missing) == (2, [])
+        assert not [sql for sql in reads if "syncd_v" in sql]
+        assert await rows_of(db, table, "id, n, m") == [(1, 4, 1), (2, 3, 3)]
+
+    async def test_chunks_keep_each_key_in_its_place(
+        self, db: Database, make_table: MakeTable, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Present, missing and zero-delta keys mixed over many small chunks:
+        every present key gets its own delta, every absent one is reported."""
+        import syncd.sql.mysql
+
+        monkeypatch.setattr(syncd.sql.mysql, "MAX_ROWS_PER_STATEMENT", 7)
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES "
+                         + ", ".join(f"({i}, 0, 0)" for i in range(0, 60, 2)))
+        rows = [(i, i % 5, 1) if i % 3 else (i, 0, 0) for i in range(60)]
+        result = await db.increment(table, "id", ["n", "m"], rows)
+        assert sorted(result.missing) == list(range(1, 60, 2))
+        assert result.updated == 30
+        assert await rows_of(db, table, "id, n, m") == [
+            (i, i % 5 if i % 3 else 0, 1 if i % 3 else 0) for i in range(0, 60, 2)]
 
     async def test_ten_thousand_rows(self, db: Database, make_table: MakeTable) -> None:
         """A throughput smoke test: both paths, 10k keys each, complete and count right."""

@@ -128,8 +128,14 @@ class TrafficWorkload:
     # -- the application -----------------------------------------------------------
 
     def produce(self, env: syncd.WorkloadEnv, start: int, count: int) -> None:
-        """Items ``start..start+count-1`` exactly as the application writes them."""
-        pipe = env.redis.pipeline(transaction=False)
+        """Items ``start..start+count-1`` exactly as the application writes them.
+
+        Each pipeline runs as one MULTI/EXEC: an item's two fields must land
+        in the same flush, or a malformed item split across two snapshots
+        would become two dead letters (or a good half and a bad half), and
+        the count of dead letters expected would depend on timing.
+        """
+        pipe = env.redis.pipeline(transaction=True)
         for n, i in enumerate(range(start, start + count), 1):
             kind = malformed_kind(i)
             if kind is None:

@@ -204,6 +204,40 @@ class TestMetrics:
         assert "traffic_bytes_flushed_total" in text
         assert 'syncd_items_synced_total{plugin="traffic"} 50.0' in text
 
+    @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+    async def test_backlog_waits_for_a_running_flush(
+        self, env: syncd.WorkloadEnv, workload: TrafficWorkload, db_url: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """No second walk of the keyspace beside a flush: the count is the flush's."""
+        from syncd_traffic.worker import TrafficWorker
+
+        release = trio.Event()
+        pipeline = TrafficWorker._pipeline
+
+        async def held(self: TrafficWorker) -> Any:
+            await release.wait()
+            return await pipeline(self)
+
+        await produce(workload, env, 1, 50)
+        async with run_daemon(config_for(workload, db_url), PLUGINS) as daemon:
+            runner = daemon.runner("traffic")
+            monkeypatch.setattr(TrafficWorker, "_pipeline", held)
+            answers: list[int] = []
+
+            async def backlog() -> None:
+                answers.append(await runner.worker.backlog())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(runner.flush)
+                await wait_for(lambda: runner.worker._flushing is not None)
+                nursery.start_soon(backlog)
+                await trio.sleep(0.2)
+                assert answers == []  # not counting beside the flush
+                release.set()
+            assert answers == [0]  # the flush took all 50 and said so
+            assert await trio.to_thread.run_sync(workload.pending, env) == 0
+
 
 def _sql(env: syncd.WorkloadEnv, workload: TrafficWorkload) -> dict[int, int]:
     conn = env.connect()
