@@ -264,15 +264,15 @@ class CounterSnapshots:
         return await self.redis.run(self._snapshot, max_keys)
 
     def _snapshot(self, client: redis_py.Redis, max_keys: int) -> Snapshot | None:
-        # Retried only when the script took nothing (see _take); a few tries
-        # are plenty, and None just means "nothing this time".
+        # The script itself refuses to take while a snapshot is in flight and
+        # _take then loads that one, so the in-flight check costs a round
+        # trip of its own only when there is nothing to take. Retried only
+        # when the script took nothing (see _take); a few tries are plenty,
+        # and None just means "nothing this time".
         for _ in range(3):
-            in_flight = self._load_current(client)
-            if in_flight is not None:
-                return in_flight
             keys = self._scan(client, max_keys)
             if not keys:
-                return None
+                return self._load_current(client)
             taken = self._take(client, keys)
             if taken is not None:
                 return taken
