@@ -10,6 +10,7 @@ UPDATE`` per batch, whatever its size (~100-130k rows/s vs ~40-50k).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -78,7 +79,7 @@ class PostgresTransaction(Transaction):
         match uuid or varchar keys too, and uses the key's index.
         """
         casts = [f"%s::{key_type}[]"] + ["%s::bigint[]"] * len(deltas[0])
-        params: list[Any] = [keys, *map(list, zip(*deltas, strict=True))]
+        params: list[Any] = [_int_array(keys), *map(_int_array, zip(*deltas, strict=True))]
         return ", ".join(casts), params
 
     def _update_existing(
@@ -227,3 +228,16 @@ class PostgresDatabase(Database):
         except psycopg.Error:
             return False
         return True
+
+
+def _int_array(values: Sequence[Any]) -> Any:
+    """An array parameter; integers as one ``{1,2,3}`` literal, rendered in C.
+
+    psycopg dumps a list element by element in Python (~0.7 µs each, a
+    tenth of a traffic flush's Python time); the cast in the statement
+    turns the text into the array all the same. Anything else (uuid or
+    text keys) goes as a list, for psycopg to dump and escape.
+    """
+    if all(type(value) is int for value in values):
+        return "{" + ",".join(map(str, values)) + "}"
+    return list(values)

@@ -81,7 +81,9 @@ class Judged:
         """``(id, delta per configured column)`` rows in id order (stable lock order)."""
         deltas = self.deltas
         if config.columns == (config.total_column,):  # the default: one column
-            return [(nid, sum(deltas[nid])) for nid in sorted(deltas)]
+            # All in C: half the time of a comprehension (ids are distinct,
+            # so the tuples sort by id alone).
+            return sorted(zip(deltas, map(sum, deltas.values()), strict=True))
         pick = {config.total_column: lambda up, down: up + down,
                 config.upload_column: lambda up, down: up,
                 config.download_column: lambda up, down: down}
