@@ -92,7 +92,7 @@ class TrafficConfig:
     total_column: str | None = attrs.field(default="traffic_used", validator=_column)
     upload_column: str | None = attrs.field(default=None, validator=_column)
     download_column: str | None = attrs.field(default=None, validator=_column)
-    batch_size: int = attrs.field(default=2000, validator=_batch_size)
+    batch_size: int = attrs.field(default=5000, validator=_batch_size)
     insert_missing: bool = False
     create_table: bool = True
     dead_letter: str = attrs.field(default="traffic:dead", validator=_non_empty)
