@@ -122,7 +122,7 @@ async def bench_one(
                     progress(f"[bench] {label} round {round_}/{options.repeat} "
                              f"{_describe(sample, workload.unit)}")
         finally:
-            await trio.to_thread.run_sync(_reset, workload, env, False)
+            await trio.to_thread.run_sync(reset_workload, workload, env, False)
     return row
 
 
@@ -145,7 +145,7 @@ async def _measure(
     pm: pluggy.PluginManager,
 ) -> Sample:
     n = options.items
-    await trio.to_thread.run_sync(_reset, workload, env, True)
+    await trio.to_thread.run_sync(reset_workload, workload, env, True)
     if side != "ceiling":
         await trio.to_thread.run_sync(produce, workload, env, 0, n)
     if side == "syncd":
@@ -158,7 +158,7 @@ async def _measure(
     return Sample(side, n, time.perf_counter() - started)
 
 
-def _reset(workload: Workload, env: WorkloadEnv, setup: bool) -> None:
+def reset_workload(workload: Workload, env: WorkloadEnv, setup: bool) -> None:
     """Forget the previous run: our keys, then the workload's own tables."""
     clear_keys(env.redis, env.prefix)
     if workload.teardown is not None:

@@ -306,7 +306,8 @@ def write_bench(
         _meta_line(meta),
         "",
         "Items per second (median over repeats). *syncd*: the daemon drains N pre-loaded "
-        "items, timed from start until nothing is pending and the tally is exact. "
+        "items, timed from start until nothing is pending (the tally, taken afterwards, "
+        "must be exact). "
         "*baseline*: the seed's own algorithm on the same N items. *ceiling*: the same rows "
         "written straight to the database. Ratios are syncd's rate over the other.",
         "",
