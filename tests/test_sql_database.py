@@ -7,12 +7,12 @@ one), with its own uniquely named tables and ledger, dropped afterwards.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import trio
+from sql_support import own_database, unique
 
 from syncd.errors import DatabaseUnavailable
 from syncd.sql import Database, Dialect, InsertResult, Transaction, open_database
@@ -27,10 +27,6 @@ COUNTERS = "id BIGINT PRIMARY KEY, label VARCHAR(20) NOT NULL DEFAULT 'x', n BIG
 MakeTable = Callable[[str], Awaitable[str]]
 
 
-def unique(stem: str) -> str:
-    return f"{stem}_{uuid.uuid4().hex[:8]}"
-
-
 @pytest.fixture(name="url", params=DIALECTS)
 def _url(request: pytest.FixtureRequest, pg_url: str, mysql_url: str, sqlite_url: str) -> str:
     return {"postgresql": pg_url, "mysql": mysql_url, "sqlite": sqlite_url}[request.param]
@@ -39,13 +35,8 @@ def _url(request: pytest.FixtureRequest, pg_url: str, mysql_url: str, sqlite_url
 @pytest.fixture(name="db")
 async def _db(url: str) -> AsyncIterator[Database]:
     """A connected database with a ledger of its own, dropped afterwards."""
-    db = open_database("test", url, ledger_table=unique("ledger"))
-    await db.connect()
-    try:
+    async with own_database(url) as db:
         yield db
-    finally:
-        await db.execute(f"DROP TABLE IF EXISTS {db.ledger_table}")
-        await db.aclose()
 
 
 @pytest.fixture(name="make_table")

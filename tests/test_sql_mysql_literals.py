@@ -14,8 +14,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from sql_support import own_database
 
-from syncd.sql import Database, Transaction, open_database
+from syncd.sql import Database, Transaction
 from syncd.sql.mysql import _SEPARATOR, MySQLTransaction, _double_quotes
 
 TRICKY = [
@@ -29,13 +30,8 @@ MIXED = [0, -7, 2**63 - 1, True, False, None, 1.5, b"\x00\xffbin", Decimal("1.10
 
 @pytest.fixture(name="db")
 async def _db(mysql_url: str) -> Any:
-    db = open_database("test", mysql_url, ledger_table=f"ledger_{uuid.uuid4().hex[:8]}")
-    await db.connect()
-    try:
+    async with own_database(mysql_url) as db:
         yield db
-    finally:
-        await db.execute(f"DROP TABLE IF EXISTS {db.ledger_table}")
-        await db.aclose()
 
 
 def _both(tx: Transaction, rows: list[tuple[Any, ...]]) -> tuple[list[str], list[str]]:
