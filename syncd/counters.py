@@ -331,8 +331,16 @@ class CounterSnapshots:
             return None
         snapshot_id = _text(snapshot_id)
         blob = client.hget(self.snapshot_key(snapshot_id), "data")
-        if blob is None:  # committed between the two reads: nothing in flight
-            return None
+        if blob is None:
+            if client.get(self.current_key) is None:
+                return None  # committed between the two reads: nothing in flight
+            # Named as in flight but holding nothing readable: edited by hand,
+            # or another format. Taking more would be refused for ever, so
+            # say so rather than flush nothing in silence.
+            raise RuntimeError(
+                f"{self.current_key} names snapshot {snapshot_id}, but "
+                f"{self.snapshot_key(snapshot_id)} has no 'data' field: inspect it, "
+                f"apply its counters by hand if it holds any, then delete both keys")
         return Snapshot(snapshot_id, _unpack(blob), recovered=True, kind=self.kind)
 
     # -- commit --------------------------------------------------------------------

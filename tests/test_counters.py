@@ -271,3 +271,17 @@ async def test_concurrent_increments_with_crashes_sum_exactly(
     assert crashes["applied-during-production"] > 10, crashes  # flushes raced the producers
     assert sums.skipped >= crashes["before-commit"]
     assert list(redis_client.scan_iter(match=f"{prefix}:*")) == []
+
+
+async def test_a_snapshot_without_data_is_an_error_not_a_silent_stall(
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
+) -> None:
+    """``current`` naming a snapshot that holds nothing readable would make
+    every later take be refused: the error names both keys instead."""
+    cs = snaps(redis_handle, prefix)
+    redis_client.set(cs.current_key, "abc")
+    redis_client.hset(cs.snapshot_key("abc"), f"{prefix}:node:1:traffic", "old format")
+    redis_client.hincrby(f"{prefix}:node:2:traffic", "upload", 1)
+    with pytest.raises(RuntimeError, match="has no 'data' field"):
+        await cs.snapshot(10)
+    assert redis_client.hget(f"{prefix}:node:2:traffic", "upload") == b"1"  # untouched
