@@ -269,6 +269,20 @@ class TestIncrement:
         assert not [sql for sql in reads if "syncd_v" in sql]
         assert await rows_of(db, table, "id, n, m") == [(1, 4, 1), (2, 3, 3)]
 
+    async def test_a_failed_increment_reports_its_own_error(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        """An overflowing delta surfaces as the database's out-of-range error,
+        not as whatever a clean-up statement after it would have raised."""
+        if db.dialect is Dialect.SQLITE:
+            pytest.skip("SQLite turns an overflowing integer into a REAL instead of failing")
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, {2**63 - 1}, 0)")
+        with pytest.raises(Exception) as caught:
+            await db.increment(table, "id", ["n"], [(1, 1)])
+        assert "aborted" not in str(caught.value)
+        assert "range" in str(caught.value).lower() or "overflow" in str(caught.value).lower()
+
     async def test_chunks_keep_each_key_in_its_place(
         self, db: Database, make_table: MakeTable, monkeypatch: pytest.MonkeyPatch
     ) -> None:
