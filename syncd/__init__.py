@@ -22,6 +22,7 @@ from syncd.errors import (
 from syncd.faults import crash_point
 from syncd.gate import PauseGate
 from syncd.hookspecs import hookimpl
+from syncd.keys import hash_tag, slot_key
 from syncd.metrics import PluginMetrics
 from syncd.plugin import PluginContext, PluginSpec, Route, SyncResult, Worker
 from syncd.queue import Batch, ReliableQueue
@@ -65,5 +66,7 @@ __all__ = [
     "__version__",
     "crash_point",
     "error_kind",
+    "hash_tag",
     "hookimpl",
+    "slot_key",
 ]

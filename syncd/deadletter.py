@@ -11,7 +11,10 @@ the rarer caller that quarantines outside an ack.
 Each entry is one JSON document (RPUSHed, so a list reads oldest first)::
 
     {"payload": "<the item as text>", "reason": "...", "plugin": "votes",
-     "at": 1700000000.123, "at_iso": "2023-11-14T22:13:20.123000+00:00"}
+     "at": 1700000000.123, "at_iso": "2023-11-14T22:13:20.123000+00:00",
+     "source": "votes"}
+
+``source`` (where the item came from) is there only when the plugin knew it.
 
 A payload that is not valid UTF-8 is stored base64-encoded under
 ``payload_b64`` instead of ``payload``, so arbitrary bytes (binary junk, a
@@ -46,6 +49,9 @@ class DeadLetter:
         reason: Why it was rejected, for the operator reading the list.
         plugin: The plugin that rejected it.
         at: When it was rejected (epoch seconds).
+        source: The Redis key the item came from (a queue's list, a
+            counter's key), stored so that it can be put back there once
+            its cause is fixed; None when there is nowhere to put it back.
     """
 
     key: str
@@ -53,6 +59,7 @@ class DeadLetter:
     reason: str
     plugin: str
     at: float = attrs.Factory(time.time)
+    source: str | None = None
 
     @property
     def payload_bytes(self) -> bytes:
@@ -73,6 +80,8 @@ class DeadLetter:
         doc["plugin"] = self.plugin
         doc["at"] = self.at
         doc["at_iso"] = datetime.fromtimestamp(self.at, UTC).isoformat()
+        if self.source is not None:
+            doc["source"] = self.source
         # ensure_ascii=False keeps non-ASCII text readable (and small) in
         # redis-cli; _as_text guaranteed the text encodes as strict UTF-8.
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -88,7 +97,8 @@ class DeadLetter:
         payload: bytes | str = (
             base64.b64decode(doc["payload_b64"]) if "payload_b64" in doc else doc["payload"]
         )
-        return cls(key, payload, doc["reason"], doc["plugin"], float(doc["at"]))
+        return cls(key, payload, doc["reason"], doc["plugin"], float(doc["at"]),
+                   source=doc.get("source"))
 
 
 def _as_text(payload: bytes | str) -> str | None:

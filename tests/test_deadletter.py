@@ -79,3 +79,10 @@ async def test_push_count_read_round_trip_large_and_binary(
     (other,) = await deadletter.read(redis_handle, f"{prefix}:other")
     assert other.payload_bytes == big_binary
     assert other == DeadLetter(f"{prefix}:other", big_binary, "r2", "votes", at=entries[1].at)
+
+
+def test_source_round_trips_and_is_absent_when_unknown() -> None:
+    entry = DeadLetter("votes:dead", "x", "bad", "votes", at=1.0, source="votes")
+    assert json.loads(entry.encode())["source"] == "votes"
+    assert DeadLetter.decode("votes:dead", entry.encode()).source == "votes"
+    assert "source" not in json.loads(DeadLetter("k", "x", "r", "p").encode())
