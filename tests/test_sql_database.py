@@ -546,3 +546,20 @@ class TestUnavailable:
         await db.connect()
         await db.aclose()
         assert (tmp_path / "data.sqlite3").exists()
+
+
+class TestCatalog:
+    """What exists is read from the catalog, so start-up DDL can be skipped."""
+
+    async def test_table_and_index_exist_only_once_created(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        absent = unique("t")
+        table = await make_table(NAMES)
+        index = f"{table}_idx_name"
+        assert await db.transaction(lambda tx: tx.table_exists(table))
+        assert not await db.transaction(lambda tx: tx.table_exists(absent))
+        assert not await db.transaction(lambda tx: tx.index_exists(table, index))
+        await db.execute(f"CREATE INDEX {index} ON {table} (name)")
+        assert await db.transaction(lambda tx: tx.index_exists(table, index))
+        assert not await db.transaction(lambda tx: tx.index_exists(absent, index))

@@ -241,6 +241,24 @@ class Transaction:
             cur.execute(self._placeholders(sql), params)
         return [tuple(row) for row in cur.fetchall()]
 
+    # -- the catalog ----------------------------------------------------------------
+
+    def table_exists(self, table: str) -> bool:
+        """Whether ``table`` (``name`` or ``schema.name``) exists, from the catalog.
+
+        Ask this before any DDL: ``CREATE … IF NOT EXISTS`` still takes its
+        lock before it checks (PostgreSQL's ``CREATE INDEX`` waits for every
+        open write transaction on the table, and every later writer queues
+        behind it), so a start-up that finds everything in place must run none.
+        """
+        schema, _, name = self.quote(table).replace(self.quote_char, "").rpartition(".")
+        return self._table_exists(schema or None, name)
+
+    def index_exists(self, table: str, index: str) -> bool:
+        """Whether an index named ``index`` exists on ``table``, from the catalog."""
+        schema, _, name = self.quote(table).replace(self.quote_char, "").rpartition(".")
+        return self._index_exists(schema or None, name, _validate_column(index))
+
     # -- batched writes -------------------------------------------------------------
 
     def insert_ignore(
@@ -360,6 +378,12 @@ class Transaction:
         deltas: list[list[int]],
     ) -> set[int]:
         """Increment the keys that exist; return the indexes (into ``keys``) it updated."""
+        raise NotImplementedError
+
+    def _table_exists(self, schema: str | None, name: str) -> bool:
+        raise NotImplementedError
+
+    def _index_exists(self, schema: str | None, table: str, index: str) -> bool:
         raise NotImplementedError
 
     def _column_type(self, table: str, column: str) -> str:

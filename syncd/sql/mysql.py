@@ -430,6 +430,22 @@ class MySQLTransaction(Transaction):
         start = chunk.indexes.start
         return [start + j for j in present]
 
+    def _table_exists(self, schema: str | None, name: str) -> bool:
+        rows = self.fetchall(
+            "SELECT 1 FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = COALESCE(%s, DATABASE()) AND TABLE_NAME = %s",
+            (schema, name),
+        )
+        return bool(rows)
+
+    def _index_exists(self, schema: str | None, table: str, index: str) -> bool:
+        rows = self.fetchall(
+            "SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = "
+            "COALESCE(%s, DATABASE()) AND TABLE_NAME = %s AND INDEX_NAME = %s LIMIT 1",
+            (schema, table, index),
+        )
+        return bool(rows)
+
     def _column_type(self, table: str, column: str) -> str:
         schema, _, name = table.rpartition(".")
         rows = self.fetchall(

@@ -145,6 +145,25 @@ class PostgresTransaction(Transaction):
         )
         return total - inserted, inserted
 
+    def _table_exists(self, schema: str | None, name: str) -> bool:
+        rows = self.fetchall(
+            "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE c.relname = %s AND c.relkind IN ('r', 'p') "
+            "AND (n.nspname = %s::text OR (%s::text IS NULL "
+            "AND (n.oid = pg_my_temp_schema() OR n.nspname = ANY(current_schemas(false)))))",
+            (name, schema, schema),
+        )
+        return bool(rows)
+
+    def _index_exists(self, schema: str | None, table: str, index: str) -> bool:
+        rows = self.fetchall(
+            "SELECT 1 FROM pg_catalog.pg_indexes WHERE tablename = %s AND indexname = %s "
+            "AND (schemaname = %s::text "
+            "OR (%s::text IS NULL AND schemaname = ANY(current_schemas(false))))",
+            (table, index, schema, schema),
+        )
+        return bool(rows)
+
     def _column_type(self, table: str, column: str) -> str:
         rows = self.fetchall(
             "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "

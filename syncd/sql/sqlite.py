@@ -90,6 +90,23 @@ class SQLiteTransaction(Transaction):
         )
         return existing, len(keys) - existing
 
+    def _table_exists(self, schema: str | None, name: str) -> bool:
+        return self._catalog_has(schema, "table", name)
+
+    def _index_exists(self, schema: str | None, table: str, index: str) -> bool:
+        return self._catalog_has(schema, "index", index, table)
+
+    def _catalog_has(
+        self, schema: str | None, kind: str, name: str, table: str | None = None
+    ) -> bool:
+        catalog = f'"{schema}".sqlite_master' if schema else "sqlite_master"
+        sql = f"SELECT 1 FROM {catalog} WHERE type = %s AND name = %s"
+        params = [kind, name]
+        if table is not None:
+            sql += " AND tbl_name = %s"
+            params.append(table)
+        return bool(self.fetchall(sql, params))
+
     def _column_type(self, table: str, column: str) -> str:
         schema, _, name = table.rpartition(".")
         pragma = f'"{schema}".table_info' if schema else "table_info"

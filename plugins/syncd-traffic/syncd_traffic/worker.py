@@ -359,29 +359,13 @@ class TrafficWorker:
     def _create_table(self, tx: syncd.Transaction) -> bool:
         """Create a minimal nodes table unless it exists; True if it was created."""
         config = self.config
-        if _table_exists(tx, config.table):
+        if tx.table_exists(config.table):
             return False
         integer = "INTEGER" if tx.dialect == "sqlite" else "BIGINT"
         columns = [f"{tx.quote_column(config.id_column)} {integer} PRIMARY KEY"]
         columns += [f"{tx.quote_column(c)} BIGINT NOT NULL DEFAULT 0" for c in config.columns]
         tx.execute(f"CREATE TABLE IF NOT EXISTS {tx.quote(config.table)} ({', '.join(columns)})")
         return True
-
-
-def _table_exists(tx: syncd.Transaction, table: str) -> bool:
-    schema, _, name = table.rpartition(".")
-    if tx.dialect == "postgresql":
-        return tx.fetchall("SELECT to_regclass(%s)", (tx.quote(table),))[0][0] is not None
-    if tx.dialect == "mysql":
-        rows = tx.fetchall(
-            "SELECT COUNT(*) FROM information_schema.tables "
-            "WHERE table_schema = COALESCE(%s, DATABASE()) AND table_name = %s",
-            (schema or None, name))
-        return bool(rows[0][0])
-    catalog = f"{tx.quote(schema)}.sqlite_master" if schema else "sqlite_master"
-    rows = tx.fetchall(
-        f"SELECT COUNT(*) FROM {catalog} WHERE type = 'table' AND name = %s", (name,))
-    return bool(rows[0][0])
 
 
 def _missing_from_detail(detail: Any) -> list[int]:
