@@ -25,12 +25,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=igno
 WORKDIR /src
 COPY . .
 RUN set -eu; \
-    pkgs="."; \
+    set -- .; \
     for d in plugins/*/; do \
-        if [ -f "${d}pyproject.toml" ]; then pkgs="$pkgs $d"; fi; \
+        if [ -f "${d}pyproject.toml" ]; then set -- "$@" "$d"; fi; \
     done; \
-    echo "building wheels for: $pkgs"; \
-    pip wheel --wheel-dir /wheels $pkgs
+    echo "building wheels for: $*"; \
+    pip wheel --wheel-dir /wheels "$@"
 
 # ---- runtime
 FROM python:3.11-slim
@@ -51,8 +51,10 @@ RUN groupadd --system --gid 10001 syncd \
     && install -d -m 0755 /etc/syncd
 
 # State (e.g. the default SQLite file) lives in /var/lib/syncd: mount a
-# volume there if it must outlive the container.
-USER syncd
+# volume there if it must outlive the container. The user by number, so a
+# runtime can tell it is not root without reading /etc/passwd (Kubernetes'
+# runAsNonRoot needs that; contrib/kubernetes sets the same uid).
+USER 10001:10001
 WORKDIR /var/lib/syncd
 
 # Listen on all interfaces inside the container (requires SYNCD_HTTP__TOKEN
