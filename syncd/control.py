@@ -303,6 +303,8 @@ def create_app(daemon: Daemon, tasks: trio.Nursery) -> QuartTrio:
             error = unwrap(exc)
             message = f"{type(error).__name__}: {error}"
             return error_response(503 if isinstance(error, TransientError) else 500, message)
+        if result.dead_lettered:
+            await daemon.observer.refresh(name)
         return json_response({"plugin": name, **result.as_dict()})
 
     # -- dead letters ------------------------------------------------------------------

@@ -177,9 +177,10 @@ class Stats:
         return {"waiting": self.waiting, "oldest_age_seconds": age}
 
 
-# A reason's digits and quoted values vary per item; grouping on the rest
-# puts "no row with id = 7 ..." and "no row with id = 9 ..." together.
-_VARYING = re.compile(r"""'[^']*'|"[^"]*"|-?\d+(\.\d+)?""")
+# A reason's numbers and quoted values vary per item; grouping on the rest
+# puts "no row with id = 7 ..." and "no row with id = 9 ..." together. Digits
+# inside a name (``t_887c6_nodes``) are part of the name.
+_VARYING = re.compile(r"""'[^']*'|"[^"]*"|(?<![\w.])-?\d+(\.\d+)?(?!\w|\.\d)""")
 
 
 def reason_group(reason: str) -> str:

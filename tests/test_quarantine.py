@@ -102,6 +102,8 @@ class TestReading:
             {"reason": "vote … is not allowed", "count": 2, "example": "vote 'd' is not allowed"},
         ]
         assert reason_group('field "x" is 3.5') == "field … is N"
+        assert reason_group("no row 7 in t_887c6_nodes v2") == "no row N in t_887c6_nodes v2"
+        assert reason_group("at byte 12.") == "at byte N."
 
     async def test_entries_pushed_by_hand_are_listed_and_purgeable(
         self, box: Quarantine, redis_client: redis.Redis,
