@@ -57,7 +57,8 @@ main { padding: 1rem; max-width: 1400px; margin: 0 auto; }
 .rate { display: flex; align-items: center; gap: .75rem; margin: .5rem 0; }
 .rate .now { font-size: 1.5rem; font-weight: 600; font-variant-numeric: tabular-nums; }
 .rate .unit { color: var(--muted); font-size: .8rem; }
-svg.spark { flex: 1; height: 36px; min-width: 0; }
+.spark-box { flex: 1; min-width: 0; }
+svg.spark { display: block; width: 100%; height: 36px; }
 svg.spark polyline { fill: none; stroke: var(--accent); stroke-width: 1.5; }
 svg.spark .base { stroke: var(--line); stroke-width: 1; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: .15rem .8rem; margin: .4rem 0; }
@@ -231,6 +232,13 @@ function sparkline(history) {
   return svg;
 }
 
+function sparkCaption(throughput) {
+  const history = throughput.history || [];
+  if (history.length < 2) return "history fills in every " + throughput.every_seconds + " s";
+  const minutes = Math.max(1, Math.round(history.length * throughput.every_seconds / 60));
+  return "last " + minutes + " min, peak " + rate(Math.max(...history)) + "/s";
+}
+
 function card(p) {
   const name = p.name;
   const dead = p.dead_letters;
@@ -273,7 +281,8 @@ function card(p) {
     el("div", {class: "rate"},
       el("div", {}, el("div", {class: "now", "data-field": "rate"}, rate(throughput.now)),
         el("div", {class: "unit"}, "items/s now")),
-      sparkline(throughput.history || [])),
+      el("div", {class: "spark-box"}, sparkline(throughput.history || []),
+        el("div", {class: "unit"}, sparkCaption(throughput)))),
     dl, actions, panelSlot(name));
 }
 
