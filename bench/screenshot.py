@@ -16,6 +16,7 @@ saves ``dashboard.png`` (1280x800), ``dashboard-phone.png`` (390 wide) and
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -132,6 +133,9 @@ def main() -> int:
         producer.start()
         print(f"load for {args.seconds:.0f} s at ~{args.rate:.0f} items/s ...", flush=True)
         time.sleep(args.seconds)
+        # syncd.testing imports trio-asyncio, whose loop policy would hand
+        # Playwright a trio-asyncio loop: ask for asyncio's own.
+        asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
         with sync_playwright() as driver:
             browser = driver.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 800})

@@ -46,8 +46,9 @@ class MailboxWorker:
                 await trio.sleep(0.02)
                 continue
             if item.startswith(b"bad"):
-                letter = syncd.DeadLetter(config.dead_letter, item, f"{item.decode()} is bad",
-                                          NAME, source=config.queue)
+                letter = syncd.DeadLetter(config.dead_letter, item,
+                                          f"an item of {len(item)} bytes is bad", NAME,
+                                          source=config.queue)
                 await syncd_push(self.ctx.redis, letter)
                 self.ctx.report(syncd.SyncResult(dead_lettered=1), None)
             else:

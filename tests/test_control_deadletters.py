@@ -62,8 +62,8 @@ class TestBrowse:
 
             reasons = (await client.get("/plugins/mailbox/dead-letters/reasons")).json()
             assert reasons["total"] == reasons["scanned"] == 3
-            assert reasons["reasons"][0] == {"reason": "badN is bad", "count": 2,
-                                             "example": "bad22 is bad"}
+            assert reasons["reasons"] == [{"reason": "an item of N bytes is bad", "count": 3,
+                                           "example": "an item of 10 bytes is bad"}]
 
     @pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=x", "offset=-1"])
     async def test_bad_paging_is_a_400(self, prefix: str, query: str) -> None:

@@ -11,6 +11,7 @@ generous bound, never a sleep.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -51,10 +52,18 @@ def _browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: ./scripts/test installs Debian's chromium "
                     "(or point SYNCD_TEST_CHROMIUM at one)")
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    # Playwright's sync API runs a plain asyncio loop in this thread. Once
+    # trio-asyncio is imported (the daemon imports it), a new loop made
+    # outside Trio is trio-asyncio's own unless a policy is set for the
+    # thread: set asyncio's default for as long as the browser lives.
+    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+    try:
+        with playwright.sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        asyncio.set_event_loop_policy(None)
 
 
 class Syncd:
