@@ -24,9 +24,11 @@ from syncd.gate import PauseGate
 from syncd.hookspecs import hookimpl
 from syncd.keys import hash_tag, slot_key
 from syncd.metrics import PluginMetrics
+from syncd.panel import Action, Panel, Table
 from syncd.plugin import PluginContext, PluginSpec, Route, SyncResult, Worker
 from syncd.queue import Batch, ReliableQueue
 from syncd.redis import RedisHandle
+from syncd.restore import NotRequeueable, Restore
 from syncd.sql import Database, Transaction
 from syncd.supervisor import error_kind
 from syncd.workload import Tally, Workload, WorkloadEnv
@@ -37,6 +39,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
     __version__ = "0.0.0"
 
 __all__ = [
+    "Action",
     "Batch",
     "ConfigError",
     "CounterSnapshots",
@@ -44,6 +47,8 @@ __all__ = [
     "DatabaseUnavailable",
     "DeadLetter",
     "Duration",
+    "NotRequeueable",
+    "Panel",
     "PauseGate",
     "PluginContext",
     "PluginMetrics",
@@ -52,11 +57,13 @@ __all__ = [
     "RedisUnavailable",
     "RejectedItem",
     "ReliableQueue",
+    "Restore",
     "Route",
     "Secret",
     "Snapshot",
     "SyncResult",
     "SyncdError",
+    "Table",
     "Tally",
     "Transaction",
     "TransientError",

@@ -296,5 +296,12 @@ def chaos(plugins: tuple[str, ...], databases: tuple[str, ...], kills: int, rate
     sys.exit(chaos_main(options, Path(out)))
 
 
+# -- dead letters (body in syncd.cli_deadletters) ------------------------------------
+
+from syncd.cli_deadletters import dead_letters  # noqa: E402 - kept apart from the commands above
+
+main.add_command(dead_letters)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -13,6 +13,11 @@ A quart-trio app served by hypercorn in the daemon's root nursery::
     POST /plugins/<name>/pause   stop intake at the next batch boundary
     POST /plugins/<name>/resume
     POST /plugins/<name>/flush   move what is pending now; answers with what it did
+    GET  /plugins/<name>/dead-letters?limit=&offset=   its dead letters, newest first
+    GET  /plugins/<name>/dead-letters/reasons          their reasons, grouped, with counts
+    POST /plugins/<name>/dead-letters/requeue          {"all": true}, {"ids": [...]}, {"oldest": N}
+    POST /plugins/<name>/dead-letters/purge            the same selection
+    GET  /plugins/<name>/panel   the plugin's own panel for the status page, if it has one
 
 plus the routes plugins add through ``syncd_http_routes``. Every answer,
 errors included, is JSON (except ``/``, ``/metrics``). When ``http.token`` is
@@ -50,7 +55,9 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from syncd import dashboard
 from syncd.errors import TransientError
 from syncd.logs import get_logger
+from syncd.panel import Panel
 from syncd.plugin import Route
+from syncd.quarantine import MAX_LIMIT, Quarantine, Selection, SelectionError
 from syncd.supervisor import NotRunning, unwrap
 
 if TYPE_CHECKING:
@@ -296,7 +303,97 @@ def create_app(daemon: Daemon, tasks: trio.Nursery) -> QuartTrio:
             error = unwrap(exc)
             message = f"{type(error).__name__}: {error}"
             return error_response(503 if isinstance(error, TransientError) else 500, message)
+        if result.dead_lettered:
+            await daemon.observer.refresh(name)
         return json_response({"plugin": name, **result.as_dict()})
+
+    # -- dead letters ------------------------------------------------------------------
+
+    def quarantine(name: str) -> Quarantine:
+        find(name)
+        return daemon.quarantines[name]
+
+    @app.errorhandler(_BadRequest)
+    async def bad_request(exc: _BadRequest) -> Response:
+        return error_response(400, str(exc))
+
+    @app.errorhandler(TransientError)
+    async def backend_away(exc: TransientError) -> Response:
+        return error_response(503, str(exc))
+
+    @app.get("/plugins/<name>/dead-letters")
+    async def dead_letters(name: str) -> Response:
+        box = quarantine(name)
+        limit = _int_arg("limit", 50, 1, MAX_LIMIT)
+        offset = _int_arg("offset", 0, 0, None)
+        total, entries = await box.page(limit, offset)
+        stats = await box.stats()
+        now = time.time()
+        return json_response({
+            "plugin": name,
+            "lists": list(box.lists),
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+            "oldest_age_seconds": stats.as_dict(now)["oldest_age_seconds"],
+            "requeue_supported": box.restorer is not None,
+            "items": [box.describe(entry, now) for entry in entries],
+        })
+
+    @app.get("/plugins/<name>/dead-letters/reasons")
+    async def dead_letter_reasons(name: str) -> Response:
+        box = quarantine(name)
+        scanned, groups = await box.reasons()
+        total = (await box.stats()).waiting
+        return json_response({"plugin": name, "total": total, "scanned": scanned,
+                              "reasons": groups})
+
+    async def selection() -> Selection:
+        data = await request.get_data()
+        try:
+            body = json.loads(data) if data else None
+        except ValueError:
+            raise _BadRequest("the body is not valid JSON") from None
+        try:
+            return Selection.parse(body)
+        except SelectionError as exc:
+            raise _BadRequest(str(exc)) from None
+
+    @app.post("/plugins/<name>/dead-letters/requeue")
+    async def requeue(name: str) -> Response:
+        box = quarantine(name)
+        chosen = await selection()
+        # Not cut short by a client hanging up (each item is atomic anyway).
+        outcome = await _detached(tasks, lambda: box.requeue(chosen))
+        log.info("dead letters requeued", extra={"plugin": name, "requeued": outcome.done,
+                                                 "refused": len(outcome.refused)})
+        await daemon.observer.refresh(name)
+        return json_response({"plugin": name, **outcome.as_dict("requeued")})
+
+    @app.post("/plugins/<name>/dead-letters/purge")
+    async def purge(name: str) -> Response:
+        box = quarantine(name)
+        chosen = await selection()
+        outcome = await _detached(tasks, lambda: box.purge(chosen))
+        log.info("dead letters purged", extra={"plugin": name, "purged": outcome.done})
+        await daemon.observer.refresh(name)
+        return json_response({"plugin": name, **outcome.as_dict("purged")})
+
+    # -- a plugin's own panel ------------------------------------------------------------
+
+    @app.get("/plugins/<name>/panel")
+    async def panel(name: str) -> Response:
+        runner = find(name)
+        if runner.worker is None:
+            return error_response(404, f"plugin {name} has no running worker")
+        builders = [b for b in daemon.pm.hook.syncd_status_panel(
+            plugin=name, worker=runner.worker) if b is not None]
+        if not builders:
+            return error_response(404, f"plugin {name} has no panel")
+        built = await builders[0]()
+        if not isinstance(built, Panel):
+            raise TypeError(f"syncd_status_panel of {name} built {built!r}, not a syncd.Panel")
+        return json_response({"plugin": name, **built.as_dict()})
 
     # -- the page for people -------------------------------------------------------------
 
@@ -309,6 +406,24 @@ def create_app(daemon: Daemon, tasks: trio.Nursery) -> QuartTrio:
 
     mount_plugin_routes(app, daemon)
     return app
+
+
+class _BadRequest(Exception):
+    """A request the client must change: answered 400 with this message."""
+
+
+def _int_arg(name: str, default: int, low: int, high: int | None) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _BadRequest(f"{name} must be a whole number, got {raw!r}") from None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise _BadRequest(f"{name} must be {bound}, got {value}")
+    return value
 
 
 class _NoSuchPlugin(Exception):

@@ -33,7 +33,9 @@ from syncd.errors import TransientError
 from syncd.logs import get_logger, plugin_logger
 from syncd.manager import Discovered, discover
 from syncd.metrics import Metrics
+from syncd.observer import Observer
 from syncd.plugin import PluginContext
+from syncd.quarantine import Quarantine
 from syncd.redact import mask_url
 from syncd.redis import RedisHandle
 from syncd.sql import Database, open_database
@@ -88,6 +90,9 @@ class Daemon:
     redis: RedisHandle
     databases: dict[str, Database]
     supervisor: Supervisor = attrs.field(init=False)
+    #: Each enabled plugin's dead letters (browse, requeue, purge, count).
+    quarantines: dict[str, Quarantine] = attrs.field(init=False)
+    observer: Observer = attrs.field(init=False)
     http_binds: list[str] = attrs.Factory(list)
     shutting_down: bool = False
     _shutdown: trio.Event = attrs.Factory(trio.Event)
@@ -131,6 +136,11 @@ class Daemon:
                 package=found.package, version=found.version,
             )
         self.supervisor = Supervisor(runners)
+        self.quarantines = {
+            name: Quarantine.for_plugin(self.pm, name, runner.settings.options, self.redis)
+            for name, runner in runners.items()
+        }
+        self.observer = Observer(runners, self.quarantines, self.metrics)
 
     @property
     def runners(self) -> Mapping[str, PluginRunner]:
@@ -170,6 +180,7 @@ class Daemon:
                 async with trio.open_nursery() as root:
                     await root.start(self._run_supervisor)
                     outer.start_soon(self._prune_ledgers)
+                    outer.start_soon(self.observer.run)
                     if self.config.http.enabled:
                         from syncd.control import serve_control_plane
 

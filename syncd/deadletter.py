@@ -10,11 +10,15 @@ the rarer caller that quarantines outside an ack.
 
 Each entry is one JSON document (RPUSHed, so a list reads oldest first)::
 
-    {"payload": "<the item as text>", "reason": "...", "plugin": "votes",
-     "at": 1700000000.123, "at_iso": "2023-11-14T22:13:20.123000+00:00",
-     "source": "votes"}
+    {"id": "5f0c9a1e2b7d4c38", "payload": "<the item as text>", "reason": "...",
+     "plugin": "votes", "at": 1700000000.123,
+     "at_iso": "2023-11-14T22:13:20.123000+00:00", "source": "votes"}
 
 ``source`` (where the item came from) is there only when the plugin knew it.
+``id`` names the entry for an operator who selects it (`syncd.quarantine`):
+random, so two identical rejections stay two entries. Entries written before
+ids existed have none; `entry_id` derives theirs from the raw entry, which is
+just as stable, since an entry is never rewritten in place.
 
 A payload that is not valid UTF-8 is stored base64-encoded under
 ``payload_b64`` instead of ``payload``, so arbitrary bytes (binary junk, a
@@ -25,8 +29,10 @@ JSON escapes them as ``\\u0000``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -52,6 +58,7 @@ class DeadLetter:
         source: The Redis key the item came from (a queue's list, a
             counter's key), stored so that it can be put back there once
             its cause is fixed; None when there is nowhere to put it back.
+        id: Names this entry in its list (see the module docstring).
     """
 
     key: str
@@ -60,6 +67,7 @@ class DeadLetter:
     plugin: str
     at: float = attrs.Factory(time.time)
     source: str | None = None
+    id: str = attrs.Factory(lambda: uuid.uuid4().hex[:16])
 
     @property
     def payload_bytes(self) -> bytes:
@@ -70,7 +78,7 @@ class DeadLetter:
 
     def encode(self) -> bytes:
         """The JSON document stored in the dead-letter list (UTF-8 bytes)."""
-        doc: dict[str, Any] = {}
+        doc: dict[str, Any] = {"id": self.id}
         text = _as_text(self.payload)
         if text is None:
             doc["payload_b64"] = base64.b64encode(self.payload_bytes).decode("ascii")
@@ -98,7 +106,16 @@ class DeadLetter:
             base64.b64decode(doc["payload_b64"]) if "payload_b64" in doc else doc["payload"]
         )
         return cls(key, payload, doc["reason"], doc["plugin"], float(doc["at"]),
-                   source=doc.get("source"))
+                   source=doc.get("source"), id=doc.get("id") or entry_id(raw))
+
+
+def entry_id(raw: bytes | str) -> str:
+    """The id of an entry stored without one: derived from its exact bytes.
+
+    Prefixed ``h`` so it can never collide with a random id (hex only).
+    """
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    return "h" + hashlib.sha256(data).hexdigest()[:15]
 
 
 def _as_text(payload: bytes | str) -> str | None:

@@ -13,8 +13,13 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from syncd.deadletter import DeadLetter
     from syncd.metrics import Metrics
+    from syncd.panel import Panel
     from syncd.plugin import PluginSpec, Route, SyncResult
+    from syncd.restore import Restore
     from syncd.workload import Workload
 
 PROJECT = "syncd"
@@ -67,6 +72,60 @@ def syncd_workload(plugin: str, prefix: str) -> Workload | None:
     every item arrived exactly once. Return None unless ``plugin`` is yours.
 
     :param prefix: unique per run; name every key and table with it.
+    """
+
+
+# -- dead letters ------------------------------------------------------------------
+
+
+@hookspec
+def syncd_dead_letter_lists(plugin: str, config: Any) -> Sequence[str] | str | None:
+    """Name the Redis lists that hold this plugin's dead letters.
+
+    Called when the daemon starts and by ``syncd dead-letters``. Return None
+    unless ``plugin`` is yours. Without an answer, the core uses the plugin
+    config's ``dead_letter`` attribute when it has one.
+
+    :param plugin: the plugin's name.
+    :param config: its validated config instance.
+    """
+
+
+@hookspec(firstresult=True)
+def syncd_dead_letter_restore(
+    plugin: str, config: Any, letter: DeadLetter
+) -> Sequence[Restore] | None:
+    """Say how a dead letter goes back where it came from, so it can be requeued.
+
+    Return the `syncd.Restore` operations that put the item back (e.g.
+    ``[Restore.rpush(letter.source or config.queue, letter.payload_bytes)]``
+    for a queue item, one ``Restore.hincrby`` per field for a hash counter).
+    The core runs them in one Lua script together with removing the entry, so
+    the item is either still a dead letter or back at its source, never both.
+    Raise `syncd.NotRequeueable` with the reason when this item cannot go
+    back (it stays a dead letter); return None unless ``plugin`` is yours.
+    Pure: no I/O, called per item, also while the daemon is stopped.
+
+    :param plugin: the plugin's name.
+    :param config: its validated config instance.
+    :param letter: the decoded entry (``letter.source``: where it came from, if recorded).
+    """
+
+
+# -- the status page -------------------------------------------------------------------
+
+
+@hookspec
+def syncd_status_panel(plugin: str, worker: Any) -> Callable[[], Awaitable[Panel]] | None:
+    """Give the status page a panel of this plugin's own (jobs by state, failures...).
+
+    Called per request of ``GET /plugins/{name}/panel`` with the running
+    worker; return an async callable that builds a `syncd.Panel` (tables of
+    text, and buttons that POST to your routes), or None unless ``plugin`` is
+    yours. The core's page renders it as text, never as HTML.
+
+    :param plugin: the plugin's name.
+    :param worker: the object that plugin's factory returned.
     """
 
 

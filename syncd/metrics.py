@@ -71,6 +71,13 @@ class Metrics:
         self.oldest_pending_age = Gauge(
             "syncd_oldest_pending_age_seconds", "Age of the oldest waiting item, if known.",
             ["plugin"], registry=r)
+        self.dead_letters = Gauge(
+            "syncd_dead_letters", "Dead letters waiting in the plugin's lists.", ["plugin"],
+            registry=r)
+        self.dead_letter_oldest_age = Gauge(
+            "syncd_dead_letter_oldest_age_seconds",
+            "Age of the oldest dead letter waiting (0 when there is none).", ["plugin"],
+            registry=r)
         # Names promised by the votes seed.
         self.redis_errors = Counter(
             "redis_errors", "Redis connection errors.", registry=r)

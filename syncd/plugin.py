@@ -69,6 +69,12 @@ class Worker(Protocol):
     shutdown grace deadline, at shutdown; it never calls two at once.
 
     ``interval`` is the flush period in seconds, or None for no timer.
+
+    Optional, polled by the supervisor every few seconds when present:
+    ``async def backlog() -> int`` (items waiting in Redis) and
+    ``async def lag() -> float | None`` (seconds the oldest waiting item has
+    waited, None when unknown), for the status page and the
+    ``syncd_backlog`` / ``syncd_oldest_pending_age_seconds`` gauges.
     """
 
     interval: float | None

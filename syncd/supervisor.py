@@ -24,6 +24,8 @@ from syncd.gate import PauseGate
 from syncd.logs import get_logger, plugin_logger
 from syncd.metrics import Metrics
 from syncd.plugin import PluginContext, PluginSpec, SyncResult, Worker
+from syncd.quarantine import Stats
+from syncd.throughput import SAMPLE_EVERY, Throughput
 
 log = get_logger("supervisor")
 
@@ -102,6 +104,11 @@ class PluginRunner:
     dead_lettered: int = 0
     restarts: int = 0
     backlog: int | None = None
+    #: Age in seconds of the oldest item waiting, from the worker's optional ``lag()``.
+    lag: float | None = None
+    #: Dead letters waiting, refreshed by the daemon's observer.
+    dead_letters: Stats | None = None
+    throughput: Throughput = attrs.Factory(Throughput)
     _flush_lock: trio.Lock = attrs.Factory(trio.Lock)
     _intake: trio.CancelScope = attrs.Factory(trio.CancelScope)
     _flush_deadline: float = math.inf
@@ -166,6 +173,8 @@ class PluginRunner:
                         nursery.start_soon(self._timer, self.worker.interval)
                     if callable(getattr(self.worker, "backlog", None)):
                         nursery.start_soon(self._poll_backlog)
+                    if callable(getattr(self.worker, "lag", None)):
+                        nursery.start_soon(self._poll_lag)
             except BaseException as exc:
                 error = _crash_of(exc)
                 if error is None:
@@ -205,6 +214,18 @@ class PluginRunner:
             else:
                 if self.backlog is not None:
                     self.metrics.backlog.labels(self.name).set(self.backlog)
+            await trio.sleep(BACKLOG_POLL)
+
+    async def _poll_lag(self) -> None:
+        """The age of the oldest waiting item, for status and the age gauge."""
+        while True:
+            try:
+                self.lag = await self.worker.lag()  # type: ignore[union-attr]
+            except TransientError as exc:
+                self.log.debug("lag unknown", extra={"error": str(exc)})
+            else:
+                if self.lag is not None:
+                    self.metrics.oldest_pending_age.labels(self.name).set(self.lag)
             await trio.sleep(BACKLOG_POLL)
 
     async def _final_flush(self) -> None:
@@ -340,10 +361,26 @@ class PluginRunner:
             "batches": self.batches,
             "dead_lettered": self.dead_lettered,
             "backlog": self.backlog,
+            "lag_seconds": None if self.lag is None else round(self.lag, 3),
+            "dead_letters": self.dead_letters.as_dict() if self.dead_letters else None,
+            "throughput": {
+                "now": self.throughput.now(trio.current_time(), self.items_synced)
+                if _in_trio() else None,
+                "every_seconds": SAMPLE_EVERY,
+                "history": self.throughput.rates(),
+            },
             "restarts": self.restarts,
             "package": self.package,
             "version": self.version,
         }
+
+
+def _in_trio() -> bool:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _iso(ts: float | None) -> str | None:

@@ -18,6 +18,7 @@ def test_text_payload_is_stored_as_text() -> None:
     entry = DeadLetter("votes:dead", '{"vote": "é"}', "bad vote", "votes", at=1_700_000_000.5)
     doc = json.loads(entry.encode())
     assert doc == {
+        "id": entry.id,
         "payload": '{"vote": "é"}',
         "reason": "bad vote",
         "plugin": "votes",
@@ -78,7 +79,8 @@ async def test_push_count_read_round_trip_large_and_binary(
     assert [d.reason for d in dead] == ["r1", "r3"]
     (other,) = await deadletter.read(redis_handle, f"{prefix}:other")
     assert other.payload_bytes == big_binary
-    assert other == DeadLetter(f"{prefix}:other", big_binary, "r2", "votes", at=entries[1].at)
+    assert other == DeadLetter(f"{prefix}:other", big_binary, "r2", "votes", at=entries[1].at,
+                               id=entries[1].id)
 
 
 def test_source_round_trips_and_is_absent_when_unknown() -> None:
@@ -86,3 +88,20 @@ def test_source_round_trips_and_is_absent_when_unknown() -> None:
     assert json.loads(entry.encode())["source"] == "votes"
     assert DeadLetter.decode("votes:dead", entry.encode()).source == "votes"
     assert "source" not in json.loads(DeadLetter("k", "x", "r", "p").encode())
+
+
+class TestIds:
+    """Every entry can be named: by its stored id, or by its bytes if it has none."""
+
+    def test_new_entries_get_distinct_ids_that_round_trip(self) -> None:
+        one, two = DeadLetter("k", "x", "r", "p", at=1.0), DeadLetter("k", "x", "r", "p", at=1.0)
+        assert one.id != two.id
+        assert len(one.id) == 16
+        assert DeadLetter.decode("k", one.encode()).id == one.id
+
+    def test_entries_without_an_id_get_one_from_their_bytes(self) -> None:
+        old = b'{"payload":"x","reason":"r","plugin":"p","at":1.0}'
+        first = DeadLetter.decode("k", old)
+        assert first.id == DeadLetter.decode("k", old).id == deadletter.entry_id(old)
+        assert first.id.startswith("h") and len(first.id) == 16
+        assert DeadLetter.decode("k", old.replace(b"1.0", b"2.0")).id != first.id

@@ -475,6 +475,25 @@ ensure_mariadb() {
     say "mariadb: ${did}ready (root@127.0.0.1:$MYSQL_PORT/test)"
 }
 
+# ---------------------------------------------------------------- Chromium
+
+# Debian's Chromium drives the status page's browser tests (through the
+# Playwright Python package). Playwright's own browser download is never
+# used: it fails on machines without access to its CDN.
+CHROMIUM=${SYNCD_TEST_CHROMIUM:-/usr/bin/chromium}
+
+chromium_ok() { [[ -x $CHROMIUM ]]; }
+
+ensure_chromium() {
+    if chromium_ok; then
+        say "chromium: $CHROMIUM"
+        return 0
+    fi
+    apt_install chromium
+    chromium_ok || die "chromium: installed, but $CHROMIUM is missing"
+    say "chromium: installed ($CHROMIUM)"
+}
+
 # ---------------------------------------------------------------- all of it
 
 # One apt-get for every service that neither answers nor is installed.
@@ -486,6 +505,7 @@ _preinstall() {
         redis) redis_ok || have redis-server || pkgs+=(redis-server) ;;
         postgres) pg_ok || _pg_installed || pkgs+=(postgresql postgresql-client) ;;
         mariadb) my_ok || _my_installed || pkgs+=(mariadb-server mariadb-client) ;;
+        chromium) chromium_ok || pkgs+=(chromium) ;;
         *) die "unknown service: $s" ;;
         esac
     done
@@ -493,7 +513,7 @@ _preinstall() {
 }
 
 # syncd_setup EXTRAS [SERVICE...]: the venv with EXTRAS, then each SERVICE
-# (redis, postgres, mariadb). Concurrent runs by one user take turns.
+# (redis, postgres, mariadb, chromium). Concurrent runs by one user take turns.
 syncd_setup() {
     local extras=$1 t0 t1 s lock=""
     shift

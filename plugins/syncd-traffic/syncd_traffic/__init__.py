@@ -8,7 +8,10 @@ after the SQL commit. See README.md for the config, guarantees and metrics.
 
 from __future__ import annotations
 
+from typing import Any
+
 import syncd
+from syncd_traffic import judge
 from syncd_traffic.config import TrafficConfig
 from syncd_traffic.worker import TrafficWorker
 from syncd_traffic.workload import TrafficWorkload
@@ -33,4 +36,18 @@ def syncd_workload(plugin: str, prefix: str) -> syncd.Workload | None:
     return TrafficWorkload(prefix).workload()
 
 
-__all__ = ["TrafficConfig", "TrafficWorker", "TrafficWorkload", "syncd_plugin", "syncd_workload"]
+@syncd.hookimpl
+def syncd_dead_letter_lists(plugin: str, config: Any) -> list[str] | None:
+    return [config.dead_letter] if plugin == NAME else None
+
+
+@syncd.hookimpl
+def syncd_dead_letter_restore(
+    plugin: str, config: Any, letter: syncd.DeadLetter,
+) -> list[syncd.Restore] | None:
+    """A node's values go back onto its counter hash (`judge.restore`)."""
+    return judge.restore(letter) if plugin == NAME else None
+
+
+__all__ = ["TrafficConfig", "TrafficWorker", "TrafficWorkload", "syncd_dead_letter_lists",
+           "syncd_dead_letter_restore", "syncd_plugin", "syncd_workload"]

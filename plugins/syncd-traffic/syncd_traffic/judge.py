@@ -231,7 +231,39 @@ def _letter(
         {"key": _text(key), "values": {f: _text(v) for f, v in _decoded(fields).items()}},
         separators=(",", ":"),
     )
-    return Letter(kind, syncd.DeadLetter(config.dead_letter, payload, reason, plugin))
+    return Letter(kind, syncd.DeadLetter(config.dead_letter, payload, reason, plugin,
+                                         source=_text(key)))
+
+
+def restore(letter: syncd.DeadLetter) -> list[syncd.Restore]:
+    """How a quarantined counter goes back: each value added onto its field again.
+
+    The inverse of `_letter`: the payload names the hash and its fields, and
+    each integer value is HINCRBY'd back onto the same key (where the
+    application may have counted more meanwhile: adding is what a counter
+    needs), so the next flush takes it. A value that is not an integer
+    cannot be added to anything and refuses the whole entry, since the fields
+    were one observation.
+    """
+    try:
+        doc = json.loads(letter.payload_bytes)
+        key, values = doc["key"], doc["values"]
+        if not isinstance(key, str) or not isinstance(values, dict):
+            raise TypeError("key must be text and values an object")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise syncd.NotRequeueable(f"not a traffic counter entry: {exc}") from None
+    raw_key = key.encode("utf-8", "surrogateescape")
+    ops = []
+    for field, value in values.items():
+        n = _integer(str(value).encode("utf-8", "surrogateescape"))
+        if n is None:
+            raise syncd.NotRequeueable(
+                f"{field} = {value!r} is not a 64-bit integer, so it cannot be added back "
+                "onto the counter")
+        ops.append(syncd.Restore.hincrby(raw_key, field.encode("utf-8", "surrogateescape"), n))
+    if not ops:
+        raise syncd.NotRequeueable("the entry holds no values")
+    return ops
 
 
 def _text(value: bytes) -> str:

@@ -39,7 +39,7 @@ import syncd
 from syncd_votes.config import VotesConfig
 from syncd_votes.metrics import VoteMetrics
 from syncd_votes.schema import COLUMNS, create_statements
-from syncd_votes.validate import Parsed, parse_batch
+from syncd_votes.validate import Invalid, Parsed, parse_batch, parse_timestamp
 
 
 @attrs.frozen
@@ -168,6 +168,29 @@ class VotesWorker:
         self.metrics.lengths(queued, in_flight, dead)
         return queued + in_flight
 
+    async def lag(self) -> float | None:
+        """Age of the oldest vote waiting in the queue, by its own timestamp.
+
+        The queue's oldest vote is at its right end; Redis keeps no time of
+        arrival, so the vote's ``timestamp`` stands in (the application's
+        clock). None when that vote has no readable timestamp; 0 when the
+        queue is empty.
+        """
+        queue = self.config.queue
+        oldest = await self.ctx.redis.run(lambda client: client.lindex(queue, -1))
+        if oldest is None:
+            return 0.0
+        try:
+            doc = json.loads(oldest)
+            stamp = doc.get("timestamp") if isinstance(doc, dict) else None
+            if stamp is None:
+                return None
+            when = parse_timestamp(stamp, datetime.now(UTC).replace(tzinfo=None))
+        except (ValueError, Invalid):
+            return None
+        now = datetime.now(UTC).replace(tzinfo=None)
+        return max(0.0, (now - when).total_seconds())
+
     # -- loops ---------------------------------------------------------------------
 
     async def _recover(self, lane: Lane) -> Outcome | None:
@@ -247,7 +270,8 @@ class VotesWorker:
                 dead = _decode_detail(entry.detail if entry else None, parsed)
         syncd.crash_point(self.ctx.name, "after_commit")
         letters = [
-            syncd.DeadLetter(cfg.dead_letter, batch.items[position], reason, self.ctx.name)
+            syncd.DeadLetter(cfg.dead_letter, batch.items[position], reason, self.ctx.name,
+                             source=cfg.queue)
             for position, reason in dead
         ]
         acked = await queue.ack(batch, letters)
