@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from syncd.gate import PauseGate
 
@@ -24,7 +25,7 @@ async def test_pause_blocks_until_resume() -> None:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(waiter)
-        await trio.sleep(0.05)
+        await trio.testing.wait_all_tasks_blocked()  # the waiter is as far as it gets
         assert not passed.is_set()
         gate.pause()  # pausing twice keeps the same waiters parked
         gate.resume()
