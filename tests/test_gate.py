@@ -10,7 +10,7 @@ from syncd.gate import PauseGate
 
 async def test_open_gate_does_not_block() -> None:
     gate = PauseGate()
-    with trio.fail_after(1):
+    with trio.fail_after(10):
         await gate.wait()
 
 
@@ -29,6 +29,6 @@ async def test_pause_blocks_until_resume() -> None:
         assert not passed.is_set()
         gate.pause()  # pausing twice keeps the same waiters parked
         gate.resume()
-        with trio.fail_after(1):
+        with trio.fail_after(10):
             await passed.wait()
     assert not gate.paused

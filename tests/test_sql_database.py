@@ -520,11 +520,11 @@ class TestUnavailable:
     )
     async def test_unreachable_server_fails_fast(self, bad_url: str) -> None:
         errors: list[BaseException] = []
-        db = open_database("gone", bad_url, on_error=errors.append)
+        db = open_database("gone", bad_url, on_error=errors.append, connect_timeout=30)
         started = time.monotonic()
         with pytest.raises(DatabaseUnavailable) as caught:
             await db.connect()
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 15  # refused at once, not the 30 s timeout
         assert "secret" not in str(caught.value)
         assert "gone" in str(caught.value)
         with pytest.raises(DatabaseUnavailable):

@@ -186,7 +186,7 @@ class TestFlush:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(produce)
                 await wait_for(lambda: produced >= 1400)  # the producer is going
-                with trio.fail_after(20):
+                with trio.fail_after(60):  # an endless flush would never return
                     await runner.flush()
                 stop.set()
             runner.resume()
