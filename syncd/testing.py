@@ -37,6 +37,14 @@ PG_URL = os.environ.get("SYNCD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:54
 MYSQL_URL = os.environ.get("SYNCD_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 
 
+def pytest_report_header() -> str | None:
+    """Say in the run's header when it runs under ``scripts/test --stress``."""
+    hogs = os.environ.get("SYNCD_TEST_CPU_HOGS")
+    if hogs:
+        return f"syncd: stress mode, {hogs} CPU hog(s) at normal priority"
+    return None
+
+
 def unique_prefix(stem: str = "t") -> str:
     """A fresh ``[a-z0-9_]`` name usable as a Redis key prefix and a table name."""
     return f"{stem}_{uuid.uuid4().hex[:10]}"
