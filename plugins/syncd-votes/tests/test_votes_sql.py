@@ -190,7 +190,8 @@ class TestFlush:
                     await runner.flush()
                 stop.set()
             runner.resume()
-            await wait_for(lambda: votes.pending() == 0, 30)
+            # However much the endless producer added meanwhile, it all goes.
+            await wait_for(lambda: votes.pending() == 0, 120, describe=votes.pending)
         tally = votes.workload.tally(votes.env, produced)
         assert tally.ok, tally
 
