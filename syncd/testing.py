@@ -3,15 +3,18 @@
 Plugin packages get these for free once syncd is installed: real Redis,
 PostgreSQL and MariaDB URLs (override with ``SYNCD_TEST_REDIS_URL``,
 ``SYNCD_TEST_PG_URL``, ``SYNCD_TEST_MYSQL_URL``), a unique ``prefix`` for key
-and table names so tests never see each other's data, and `run_daemon` to
-run a whole daemon in the test's nursery.
+and table names so tests never see each other's data, `run_daemon` to
+run a whole daemon in the test's nursery, and `wait_for` / `wait_for_sync`
+to wait for a condition instead of sleeping and hoping.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from syncd.harness.env import connector, dialect_of
 
 __all__ = [
     "MYSQL_URL", "PG_URL", "REDIS_URL", "connector", "daemon_config", "delete_keys", "dialect_of",
-    "run_daemon", "unique_prefix", "wait_for",
+    "run_daemon", "unique_prefix", "wait_for", "wait_for_sync",
 ]
 
 from syncd.redis import RedisHandle
@@ -32,6 +35,14 @@ from syncd.redis import RedisHandle
 REDIS_URL = os.environ.get("SYNCD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_URL = os.environ.get("SYNCD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("SYNCD_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+
+
+def pytest_report_header() -> str | None:
+    """Say in the run's header when it runs under ``scripts/test --stress``."""
+    hogs = os.environ.get("SYNCD_TEST_CPU_HOGS")
+    if hogs:
+        return f"syncd: stress mode, {hogs} CPU hog(s) at normal priority"
+    return None
 
 
 def unique_prefix(stem: str = "t") -> str:
@@ -143,14 +154,125 @@ async def run_daemon(
             daemon.request_shutdown()
 
 
-async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:
-    """Poll ``predicate()`` (sync or async) until true; fail the test on timeout."""
+#: How long `wait_for` waits unless told otherwise. Generous on purpose: a
+#: condition that holds returns at once, so only a failing test pays for it,
+#: and a shared 2-core CI machine under load can be many times slower than a
+#: laptop.
+WAIT_TIMEOUT = 30.0
+
+
+async def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = WAIT_TIMEOUT,
+    interval: float = 0.02,
+    *,
+    describe: Callable[[], Any] | None = None,
+    ignore: tuple[type[Exception], ...] = (),
+) -> Any:
+    """Wait until ``predicate()`` holds, or fail after ``timeout`` seconds with what was last seen.
+
+    Use it wherever a test needs a state that the code reaches on its own
+    time ("the plugin is failed", "the queue is drained"), instead of a
+    ``sleep`` and an assertion that bets on how fast the machine is.
+
+    ``predicate`` may be sync or async; it is called every ``interval``
+    seconds and its first truthy result is returned, so it can hand back what
+    the test checks next (``body = await wait_for(ready_body)``). On timeout
+    the `AssertionError` names the condition (the source of a lambda), the
+    last value it returned (or the exception it raised, if its type is in
+    ``ignore``) and, if given, ``describe()``: whatever shows why it did not
+    hold (``describe=runner.status``).
+
+    Exceptions of the types in ``ignore`` count as "not yet"; any other
+    propagates at once.
+    """
+    last: Any = _NOT_CALLED
     with trio.move_on_after(timeout):
         while True:
-            result = predicate()
-            if hasattr(result, "__await__"):
-                result = await result
-            if result:
-                return
+            try:
+                last = await _call(predicate)
+            except ignore as exc:
+                last = exc
+            else:
+                if last:
+                    return last
             await trio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+    shown = None
+    if describe is not None:
+        with trio.move_on_after(max(5.0, interval)):
+            shown = await _describe(describe)
+    raise AssertionError(_timeout_message(predicate, timeout, last, describe, shown))
+
+
+def wait_for_sync(
+    predicate: Callable[[], Any],
+    timeout: float = WAIT_TIMEOUT,
+    interval: float = 0.05,
+    *,
+    describe: Callable[[], Any] | None = None,
+    ignore: tuple[type[Exception], ...] = (),
+) -> Any:
+    """`wait_for` for synchronous tests (subprocesses, plain threads): same contract."""
+    deadline = time.monotonic() + timeout
+    last: Any = _NOT_CALLED
+    while True:
+        try:
+            last = predicate()
+        except ignore as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    shown = None
+    if describe is not None:
+        try:
+            shown = repr(describe())
+        except Exception as exc:
+            shown = f"describe() raised {exc!r}"
+    raise AssertionError(_timeout_message(predicate, timeout, last, describe, shown))
+
+
+class _NotCalled:
+    def __repr__(self) -> str:
+        return "nothing (the condition was never evaluated)"
+
+
+_NOT_CALLED = _NotCalled()
+
+
+async def _call(fn: Callable[[], Any]) -> Any:
+    result = fn()
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+async def _describe(describe: Callable[[], Any]) -> str:
+    try:
+        return repr(await _call(describe))
+    except Exception as exc:
+        return f"describe() raised {exc!r}"
+
+
+def _timeout_message(
+    predicate: Callable[[], Any], timeout: float, last: Any,
+    describe: Callable[[], Any] | None, shown: str | None,
+) -> str:
+    lines = [f"not true within {timeout:g}s: {_source_of(predicate)}",
+             f"  last seen: {last!r}"]
+    if describe is not None:
+        lines.append(f"  describe(): {shown}")
+    return "\n".join(lines)
+
+
+def _source_of(fn: Callable[[], Any]) -> str:
+    """The lambda's source line (the call that waits), else the function's name."""
+    if getattr(fn, "__name__", "") == "<lambda>":
+        try:
+            return " ".join(inspect.getsource(fn).split())
+        except (OSError, TypeError):
+            pass
+    return getattr(fn, "__qualname__", None) or repr(fn)

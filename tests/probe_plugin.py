@@ -2,7 +2,8 @@
 
 It does what the supervisor needs to be tested against: batches at a steady
 pace, crashes on demand, counts its starts, batches and flushes in Redis
-under the test's prefix, and can make its final flush slow.
+under the test's prefix (and flushes begun, before their delay), can make
+its final flush slow, and says when it is parked at a closed pause gate.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class ProbeConfig:
 class ProbeWorker:
     ctx: syncd.PluginContext
     batches: int = 0
+    #: True while it waits at a paused gate: no batch can start until resume.
+    parked: bool = False
 
     @property
     def interval(self) -> float | None:
@@ -51,7 +54,10 @@ class ProbeWorker:
             raise RuntimeError("probe failed to start")
         task_status.started()
         while True:
+            # Read and acted on with no checkpoint between: True means it blocks.
+            self.parked = self.ctx.gate.paused
             await self.ctx.gate.wait()
+            self.parked = False
             self.batches += 1
             await self._incr("batches")
             self.ctx.report(syncd.SyncResult(items=2, batches=1), 0.001)
@@ -60,6 +66,7 @@ class ProbeWorker:
             await trio.sleep(self.ctx.config.tick)
 
     async def flush(self) -> syncd.SyncResult:
+        await self._incr("flushes_begun")
         if self.ctx.config.flush_delay:
             await trio.sleep(self.ctx.config.flush_delay)
         flushes = await self._incr("flushes")

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 import redis
 import yaml
 
-from syncd.testing import MYSQL_URL, PG_URL, REDIS_URL
+from syncd.testing import MYSQL_URL, PG_URL, REDIS_URL, wait_for_sync
 
 TESTS = Path(__file__).parent
 
@@ -75,15 +74,6 @@ def _serve(env: dict[str, str], tmp_path: Path) -> Iterator[object]:
             proc.wait()
 
 
-def wait_until(predicate: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 class TestDiscovery:
     """A plugin installed as a package is found through its entry point."""
 
@@ -124,7 +114,7 @@ class TestServe:
     def test_graceful_shutdown(self, serve: object, tmp_path: Path, prefix: str,
                                redis_client: redis.Redis, signum: int) -> None:
         proc = serve(write_config(tmp_path, prefix))  # type: ignore[operator]
-        wait_until(lambda: int(redis_client.get(f"{prefix}:p:batches") or 0) >= 5)
+        wait_for_sync(lambda: int(redis_client.get(f"{prefix}:p:batches") or 0) >= 5)
         assert redis_client.get(f"{prefix}:p:flushes") is None
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=20)
@@ -138,14 +128,15 @@ class TestServe:
         config = write_config(tmp_path, prefix, shutdown_grace="60s",
                               plugins={"probe": {"key": f"{prefix}:p", "flush_delay": "60s"}})
         proc = serve(config)  # type: ignore[operator]
-        wait_until(lambda: int(redis_client.get(f"{prefix}:p:batches") or 0) >= 2)
+        wait_for_sync(lambda: int(redis_client.get(f"{prefix}:p:batches") or 0) >= 2)
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        # The first signal was heard: the final flush has begun (it takes 60 s).
+        # (Two signals sent before the daemon reads either arrive as one.)
+        wait_for_sync(lambda: redis_client.get(f"{prefix}:p:flushes_begun"))
         assert proc.poll() is None  # still flushing
-        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=10)
-        assert time.monotonic() - started < 5
+        # Well before the 60 s flush and grace: it did not wait for them.
+        _, stderr = proc.communicate(timeout=30)
         assert proc.returncode != 0
         assert "second signal" in stderr
 
@@ -155,20 +146,23 @@ class TestServe:
         # directory, every installed plugin with its defaults. Only the port
         # is moved, so the test never collides with a real daemon on 8080.
         env = {**env, "SYNCD_DISABLE_PLUGIN_AUTOLOAD": "1"}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "syncd", "serve"], env={**env, "SYNCD_HTTP__LISTEN":
-                                                            "127.0.0.1:0"},
-            cwd=tmp_path, text=True, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+        log = tmp_path / "serve.log"
+        with log.open("w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "syncd", "serve"], env={**env, "SYNCD_HTTP__LISTEN":
+                                                                "127.0.0.1:0"},
+                cwd=tmp_path, text=True, stderr=err, stdout=subprocess.DEVNULL)
         try:
-            wait_until(lambda: (tmp_path / "syncd.sqlite3").exists(), timeout=15)
-            time.sleep(0.3)
+            # Ready, so its signal handler is in place (the SQLite file comes earlier).
+            wait_for_sync(lambda: "syncd ready" in log.read_text(), describe=log.read_text)
+            assert (tmp_path / "syncd.sqlite3").exists()
             proc.send_signal(signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=15)
+            proc.wait(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
-        assert proc.returncode == 0, stderr
-        assert "syncd ready" in stderr
+                proc.wait()
+        assert proc.returncode == 0, log.read_text()
 
 
 class TestCommands:

@@ -6,16 +6,19 @@ one), with its own uniquely named tables and ledger, dropped afterwards.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from sql_support import own_database, unique
 
 from syncd.errors import DatabaseUnavailable
 from syncd.sql import Database, Dialect, InsertResult, Transaction, open_database
+from syncd.testing import wait_for
 
 DIALECTS = ["postgresql", "mysql", "sqlite"]
 
@@ -441,15 +444,32 @@ class TestTransactions:
     ) -> None:
         """No thread is abandoned holding a connection: the work finishes (and commits)."""
         table = await make_table(NAMES)
+        entered, release = threading.Event(), threading.Event()
 
         def slow(tx: Transaction) -> None:
-            time.sleep(0.3)
+            entered.set()
+            assert release.wait(60)
             tx.execute(f"INSERT INTO {table} (id, name) VALUES (%s, %s)", (1, "a"))
 
-        started = trio.current_time()
-        with trio.move_on_after(0.05):
-            await db.transaction(slow)
-        assert trio.current_time() - started >= 0.25
+        returned = trio.Event()
+
+        async def caller(*, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+            with trio.CancelScope() as scope:
+                task_status.started(scope)
+                await db.transaction(slow)
+            returned.set()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                scope = await nursery.start(caller)
+                await wait_for(entered.is_set)
+                scope.cancel()  # while its thread is in the middle of the work
+                await trio.testing.wait_all_tasks_blocked()
+                assert not returned.is_set()  # still waiting for the thread
+                release.set()
+        finally:
+            release.set()
+        assert returned.is_set()
         assert db.limiter.borrowed_tokens == 0
         assert await rows_of(db, table) == [(1, "a")]
 
@@ -500,11 +520,11 @@ class TestUnavailable:
     )
     async def test_unreachable_server_fails_fast(self, bad_url: str) -> None:
         errors: list[BaseException] = []
-        db = open_database("gone", bad_url, on_error=errors.append)
+        db = open_database("gone", bad_url, on_error=errors.append, connect_timeout=30)
         started = time.monotonic()
         with pytest.raises(DatabaseUnavailable) as caught:
             await db.connect()
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 15  # refused at once, not the 30 s timeout
         assert "secret" not in str(caught.value)
         assert "gone" in str(caught.value)
         with pytest.raises(DatabaseUnavailable):
@@ -518,12 +538,21 @@ class TestUnavailable:
         waiter = open_database("waiter", sqlite_url, connect_timeout=0.1)
         await holder.connect()
         await waiter.connect()
+        entered, release = threading.Event(), threading.Event()
+
+        def hold(tx: Transaction) -> None:
+            entered.set()
+            assert release.wait(60)
+
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(holder.transaction, lambda tx: time.sleep(0.5))
-                await trio.sleep(0.1)
-                with pytest.raises(DatabaseUnavailable, match="locked"):
-                    await waiter.execute("CREATE TABLE t (id INTEGER)")
+                nursery.start_soon(holder.transaction, hold)
+                await wait_for(entered.is_set)  # the holder's transaction has the lock
+                try:
+                    with pytest.raises(DatabaseUnavailable, match="locked"):
+                        await waiter.execute("CREATE TABLE t (id INTEGER)")
+                finally:
+                    release.set()
             await waiter.execute("CREATE TABLE t (id INTEGER)")
             assert len(waiter._idle) == 1
         finally:

@@ -541,6 +541,37 @@ syncd_setup() {
     fi
 }
 
+# ---------------------------------------------------------------- stress
+
+_CPU_HOGS=()
+
+# start_cpu_hogs [N]: N (default: one per core) busy processes at normal
+# priority, to run something as on a loaded CI machine. Each hog also exits
+# by itself within a fraction of a second once this shell is gone, so not
+# even a SIGKILL of the caller leaves one spinning; stop_cpu_hogs (set it as
+# an EXIT trap) ends them at once.
+start_cpu_hogs() {
+    local n=${1:-$(nproc 2>/dev/null || echo 2)} parent=$$ i
+    for ((i = 0; i < n; i++)); do
+        (
+            trap - EXIT INT TERM
+            while kill -0 "$parent" 2>/dev/null; do
+                for ((j = 0; j < 20000; j++)); do :; done
+            done
+        ) </dev/null >/dev/null 2>&1 8>&- &
+        _CPU_HOGS+=("$!")
+    done
+    say "stress: $n CPU hog(s) at normal priority (pids ${_CPU_HOGS[*]})"
+}
+
+stop_cpu_hogs() {
+    ((${#_CPU_HOGS[@]} == 0)) && return 0
+    kill "${_CPU_HOGS[@]}" 2>/dev/null || true
+    wait "${_CPU_HOGS[@]}" 2>/dev/null || true
+    say "stress: CPU hogs stopped"
+    _CPU_HOGS=()
+}
+
 # One line about lint. Never fails the caller.
 ruff_summary() {
     [[ -x $VENV/bin/ruff ]] || return 0

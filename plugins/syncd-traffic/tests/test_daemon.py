@@ -45,7 +45,7 @@ def serve(config: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
         )
 
 
-async def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
+async def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
     try:
         await wait_for(lambda: proc.poll() is not None, timeout=timeout, interval=0.05)
     finally:
@@ -83,7 +83,8 @@ class TestCrash:
 
         restarted = serve(config, log)
         try:
-            await wait_for(lambda: workload.pending(env) == 0, timeout=20)
+            await wait_for(lambda: workload.pending(env) == 0, timeout=60,
+                           describe=lambda: workload.pending(env))
         finally:
             assert await stop(restarted) == 0, log.read_text()
         tally = workload.tally(env, produced)
@@ -129,11 +130,23 @@ class TestShutdown:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.to_thread.run_sync, producer)
-            await trio.sleep(2.0)
-            stop_producing.set()
+            try:
+                # Steady production until a timer flush has committed some of it.
+                await wait_for(lambda: workload.tally(env, 0).in_sql > 0,
+                               describe=log.read_text)
+            finally:
+                stop_producing.set()
         # Whatever the last tick left, plus all since, is for the final flush.
-        assert workload.pending(env) > 0
-        assert await stop(proc) == 0, log.read_text()
+        # Frozen, the daemon cannot tick again before SIGTERM reaches it.
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            workload.produce(env, produced, 100)
+            produced += 100
+            assert workload.pending(env) > 0
+            proc.send_signal(signal.SIGTERM)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        assert await wait_exit(proc) == 0, log.read_text()
         assert workload.pending(env) == 0
         tally = workload.tally(env, produced)
         assert tally.ok, tally

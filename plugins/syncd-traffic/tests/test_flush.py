@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
 import pytest
 import redis
 import trio
+import trio.testing
 from syncd_traffic.workload import TrafficWorkload
 from traffic_support import PLUGINS, config_for
 
@@ -33,6 +35,18 @@ async def produce(workload: TrafficWorkload, env: syncd.WorkloadEnv, start: int,
     await trio.to_thread.run_sync(workload.produce, env, start, n)
 
 
+class FlushWatch:
+    """A ``syncd_sync_success`` listener: ``committed`` is set once a flush moved counters."""
+
+    def __init__(self) -> None:
+        self.committed = threading.Event()
+
+    @syncd.hookimpl
+    def syncd_sync_success(self, plugin: str, result: syncd.SyncResult, duration: float) -> None:
+        if plugin == "traffic" and result.items:
+            self.committed.set()
+
+
 class TestExactlyOnce:
     """Every byte produced ends up in SQL once, even while producers keep writing."""
 
@@ -51,6 +65,7 @@ class TestExactlyOnce:
     async def test_concurrent_producers(self, env: syncd.WorkloadEnv,
                                         workload: TrafficWorkload, db_url: str) -> None:
         producers, per_producer, chunk = 4, 6_000, 200
+        watch = FlushWatch()
 
         def producer(index: int) -> None:
             # Its own client, as a separate application process would have.
@@ -60,6 +75,11 @@ class TestExactlyOnce:
             try:
                 start = index * per_producer
                 for offset in range(0, per_producer, chunk):
+                    # No producer writes its last chunk before a flush has
+                    # committed counters: the interleaving is made, not hoped for.
+                    last = offset + chunk >= per_producer
+                    if last and not watch.committed.wait(60):
+                        raise AssertionError("no flush committed while producers wrote")
                     workload.produce(own, start + offset, chunk)
                     # An application paces its writes; a thread that never
                     # sleeps would also hold the GIL against the daemon.
@@ -68,12 +88,10 @@ class TestExactlyOnce:
                 client.close()
 
         config = config_for(workload, db_url, interval="20ms", batch_size=300)
-        async with run_daemon(config, PLUGINS) as daemon:
+        async with run_daemon(config, [*PLUGINS, watch]) as daemon:
             async with trio.open_nursery() as nursery:
                 for index in range(producers):
                     nursery.start_soon(trio.to_thread.run_sync, producer, index)
-            midway = await trio.to_thread.run_sync(workload.tally, env, producers * per_producer)
-            assert 0 < midway.in_sql < midway.expected, "no flush ran during production"
             await drain(daemon, workload, env)
         tally = workload.tally(env, producers * per_producer)
         assert tally.ok, tally
@@ -174,8 +192,7 @@ class TestOutage:
         down = db_url.replace(":3306/", ":1/").replace(":5432/", ":1/")
         async with run_daemon(config_for(workload, down, batch_size=500), PLUGINS) as daemon:
             runner = daemon.runner("traffic")
-            await trio.sleep(0.3)
-            assert runner.state == "failed"
+            await wait_for(lambda: runner.state == "failed", describe=runner.status)
             assert runner.last_error["kind"] == "database"
         assert workload.pending(env) > 0
         async with run_daemon(config_for(workload, db_url, batch_size=500),
@@ -232,8 +249,9 @@ class TestMetrics:
                 nursery.start_soon(runner.flush)
                 await wait_for(lambda: runner.worker._flushing is not None)
                 nursery.start_soon(backlog)
-                await trio.sleep(0.2)
-                assert answers == []  # not counting beside the flush
+                with trio.fail_after(30):
+                    await trio.testing.wait_all_tasks_blocked()
+                assert answers == []  # parked, not counting beside the flush
                 release.set()
             assert answers == [0]  # the flush took all 50 and said so
             assert await trio.to_thread.run_sync(workload.pending, env) == 0

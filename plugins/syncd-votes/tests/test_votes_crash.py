@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import re
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from votes_support import Votes, start_serve, stop_serve, write_config
 
-from syncd.testing import REDIS_URL
+from syncd.testing import REDIS_URL, wait_for_sync
 
 
 def config(votes: Votes, instance: str, **options: Any) -> dict[str, Any]:
@@ -32,16 +31,9 @@ def config(votes: Votes, instance: str, **options: Any) -> dict[str, Any]:
     }
 
 
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def killed(proc: Any, timeout: float = 20) -> bool:
-    wait_until(lambda: proc.poll() is not None, timeout, "the crash point")
+def killed(proc: Any, timeout: float = 60) -> bool:
+    """Whether ``syncd serve`` died of SIGKILL (its crash point) within ``timeout``."""
+    wait_for_sync(lambda: proc.poll() is not None, timeout)
     return proc.returncode == -signal.SIGKILL
 
 
@@ -79,7 +71,7 @@ class TestCrash:
         assert held > 0
         proc = start_serve(path, log)
         try:
-            wait_until(lambda: votes.pending() == 0, 30, "the restart to drain")
+            wait_for_sync(lambda: votes.pending() == 0, 60, describe=votes.pending)
         finally:
             assert stop_serve(proc) == 0, log.read_text()
         tally = votes.workload.tally(votes.env, 3000)
@@ -109,7 +101,7 @@ class TestReplicas:
             write_config(tmp_path / "b.yaml", config(votes, "replica-b", **options)), log)
         try:
             votes.workload.produce(votes.env, 2000, 1000)
-            wait_until(lambda: votes.pending() == 0, 30, "the survivor to drain")
+            wait_for_sync(lambda: votes.pending() == 0, 60, describe=votes.pending)
         finally:
             assert stop_serve(survivor) == 0, log.read_text()
         tally = votes.workload.tally(votes.env, 3000)
