@@ -12,7 +12,6 @@ generous bound, never a sleep.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -20,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import pytest
 import redis
 import yaml
 
-from syncd.testing import PG_URL, REDIS_URL, delete_keys, unique_prefix
+from syncd.testing import PG_URL, REDIS_URL, delete_keys, unique_prefix, wait_for_sync
 
 playwright = pytest.importorskip("playwright.sync_api", reason="install syncd[test]")
 from playwright.sync_api import Browser, Page, expect  # noqa: E402
@@ -94,16 +93,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if predicate():
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout}s")
-
-
 @pytest.fixture(scope="module", name="daemon")
 def _daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Syncd]:
     prefix = unique_prefix("ui")
@@ -144,8 +133,8 @@ def _daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Syncd]:
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: httpx.get(f"{url}/health/ready", timeout=5).status_code == 200,
-              what="the daemon to be ready")
+        wait_for_sync(lambda: httpx.get(f"{url}/health/ready", timeout=5).status_code == 200,
+              ignore=(httpx.HTTPError,))
         yield Syncd(url, prefix)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -285,15 +274,15 @@ class TestDeadLetters:
         page.click('a[href="#"]')
         card(page, "traffic").locator('button[data-action="flush"]').click()
         expect(page.locator("#status")).to_contain_text("(5 items)", timeout=WAIT_MS)
-        _wait(lambda: daemon.traffic(list(late)) == {n: a + 1 for n, a in late.items()},
-              what="the requeued bytes in SQL")
+        wait_for_sync(lambda: daemon.traffic(list(late)) == {n: a + 1 for n, a in late.items()},
+              ignore=(httpx.HTTPError,))
         assert daemon.redis.llen(f"{daemon.prefix}:traffic:dead") == 0
 
     def test_payloads_are_text_and_purge_asks_first(self, page: Page, daemon: Syncd) -> None:
         hostile = b'bad<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
         daemon.redis.lpush(f"{daemon.prefix}:mail", hostile)
         dead = f"{daemon.prefix}:mail:dead"
-        _wait(lambda: daemon.redis.llen(dead) == 1, what="the item quarantined")
+        wait_for_sync(lambda: daemon.redis.llen(dead) == 1, ignore=(httpx.HTTPError,))
         page.goto(daemon.url + "/#dead-letters/mailbox")
         enter_token(page)
         payload = page.locator("#dead-items pre.payload")
