@@ -29,7 +29,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
@@ -485,12 +485,15 @@ class Transaction:
         """
         cols = ["plugin", "batch_id", "applied_at", "detail"]
         cols_q = [self.quote_column(c) for c in cols]
+        # The database's clock, not this replica's: pruning compares against
+        # the same clock, so a replica whose clock is off can neither write
+        # rows that look old enough to prune at once nor prune young ones.
         sql = (
-            f"INSERT INTO {self._db._ledger_q} ({', '.join(cols_q)}) VALUES (%s, %s, %s, %s)"
+            f"INSERT INTO {self._db._ledger_q} ({', '.join(cols_q)}) "
+            f"VALUES (%s, %s, {self._db.now_sql}, %s)"
             + self._conflict_do_nothing(cols_q)
         )
-        now = self._db._timestamp_param(datetime.now(UTC))
-        return self.execute(sql, (plugin, batch_id, now, detail)) == 1
+        return self.execute(sql, (plugin, batch_id, detail)) == 1
 
     def _set_detail(self, plugin: str, batch_id: str, detail: str | None) -> None:
         self.execute(
@@ -734,16 +737,16 @@ class Database:
         return await self._run(read, readonly=True)
 
     async def prune_ledger(self, older_than_seconds: float) -> int:
-        """Delete ledger rows older than this; return how many went.
+        """Delete ledger rows older than this (or exactly that old); return how many went.
 
         Keep them longer than a batch can stay in flight (a crashed replica's
         batch may be replayed much later), or a replay could apply twice.
+        "Older" is measured by the database's clock, which also wrote
+        ``applied_at``: a replica whose clock runs days ahead prunes nothing
+        another replica may still need.
         """
-        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
-        param = self._timestamp_param(cutoff)
-        return await self._run(
-            lambda tx: tx.execute(f"DELETE FROM {self._ledger_q} WHERE applied_at < %s", (param,))
-        )
+        sql, param = self._prune_sql(older_than_seconds)
+        return await self._run(lambda tx: tx.execute(sql, (param,)))
 
     # -- one-statement conveniences -------------------------------------------------
 
@@ -818,9 +821,13 @@ class Database:
         """Whether ``conn`` answers a round trip (checked after long idleness)."""
         return True
 
-    def _timestamp_param(self, when: datetime) -> Any:
-        """A UTC instant as a parameter for the ledger's ``applied_at``."""
-        return when.astimezone(UTC).replace(tzinfo=None)
+    #: SQL for "now, in UTC", in the form ``applied_at`` holds.
+    now_sql: ClassVar[str]
+
+    def _prune_sql(self, older_than_seconds: float) -> tuple[str, Any]:
+        """The DELETE of ledger rows older than this by the database's clock,
+        and its one parameter."""
+        raise NotImplementedError
 
     def _timestamp_value(self, value: Any) -> datetime:
         """``applied_at`` as read back, as an aware UTC datetime."""

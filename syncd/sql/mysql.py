@@ -544,6 +544,12 @@ class MySQLDatabase(Database):
             ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
         )
 
+    now_sql: ClassVar[str] = "UTC_TIMESTAMP(6)"
+
+    def _prune_sql(self, older_than_seconds: float) -> tuple[str, Any]:
+        return (f"DELETE FROM {self._ledger_q} WHERE applied_at <= "
+                f"{self.now_sql} - INTERVAL %s MICROSECOND", round(older_than_seconds * 1e6))
+
     def _is_connection_error(self, exc: BaseException) -> bool:
         if isinstance(exc, pymysql.err.InterfaceError | OSError):
             return True

@@ -217,6 +217,12 @@ class PostgresDatabase(Database):
             "PRIMARY KEY (plugin, batch_id))"
         )
 
+    now_sql: ClassVar[str] = "(now() AT TIME ZONE 'UTC')"
+
+    def _prune_sql(self, older_than_seconds: float) -> tuple[str, Any]:
+        return (f"DELETE FROM {self._ledger_q} WHERE applied_at <= "
+                f"{self.now_sql} - %s * interval '1 second'", float(older_than_seconds))
+
     def _ensure_ledger(self, conn: Any) -> None:
         try:
             super()._ensure_ledger(conn)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import attrs
@@ -187,6 +186,11 @@ class SQLiteDatabase(Database):
             exc, sqlite3.IntegrityError | sqlite3.DataError | UnicodeEncodeError | OverflowError
         )
 
-    def _timestamp_param(self, when: datetime) -> str:
-        # ISO text sorts chronologically, so prune_ledger's < works on it.
-        return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    # ISO text sorts chronologically, so prune_ledger's < works on it (rows
+    # written before with microseconds compare right to the millisecond).
+    now_sql: ClassVar[str] = "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
+
+    def _prune_sql(self, older_than_seconds: float) -> tuple[str, Any]:
+        return (f"DELETE FROM {self._ledger_q} WHERE applied_at <= "
+                "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %s)",
+                f"-{float(older_than_seconds):f} seconds")
