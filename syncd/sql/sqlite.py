@@ -139,13 +139,13 @@ class SQLiteDatabase(Database):
             )
         path = self.url[len(prefix):]
         if not path or "?" in path:
-            raise ValueError(f"a SQLite URL needs a file path (and no options): {self.url!r}")
+            raise ValueError("a SQLite URL needs a file path, and takes no options (no '?')")
         self.path = path
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path,
-            timeout=self.connect_timeout,  # how long to wait for another writer's lock
+            timeout=self.lock_timeout,  # how long to wait for another writer's lock
             isolation_level=None,  # syncd issues BEGIN itself
             check_same_thread=False,  # handed from thread to thread, one at a time
         )
@@ -158,6 +158,9 @@ class SQLiteDatabase(Database):
             conn.close()
             raise
         return conn
+
+    def _cancel_statement(self, conn: Any) -> None:
+        conn.interrupt()  # documented as callable from another thread
 
     def _ledger_ddl(self) -> str:
         return (
