@@ -38,7 +38,7 @@ import trio
 import syncd
 from syncd_votes.config import VotesConfig
 from syncd_votes.metrics import VoteMetrics
-from syncd_votes.schema import COLUMNS, create_statements
+from syncd_votes.schema import COLUMNS, index_statements, table_statement
 from syncd_votes.validate import Parsed, parse_batch
 
 
@@ -114,7 +114,7 @@ class VotesWorker:
         off and starts a fresh worker, which resumes from the processing lists.
         """
         if self.config.create_table:
-            await self.database.transaction(self._create_table)
+            await self.database.setup_once(f"votes:{self.config.table}", self._create_table)
         async with trio.open_nursery() as nursery:
             # Heartbeats first: registered and alive before anything is taken.
             for lane in self.lanes:
@@ -324,8 +324,15 @@ class VotesWorker:
         return stored, dead
 
     def _create_table(self, tx: syncd.Transaction) -> None:
-        for statement in create_statements(tx.dialect, self.config.table):
-            tx.execute(statement)
+        """Create what the catalog lacks, nothing else: ``CREATE INDEX IF NOT
+        EXISTS`` would wait for every open write transaction on the table on
+        PostgreSQL, and queue every later writer behind it."""
+        table = self.config.table
+        if not tx.table_exists(table):
+            tx.execute(table_statement(tx.dialect, table))
+        for index, statement in index_statements(tx.dialect, table):
+            if not tx.index_exists(table, index):
+                tx.execute(statement)
 
     async def _lengths(self, *, dead: bool = False) -> list[int]:
         """[queued, in our processing lists(, dead letters)] in one round trip."""
