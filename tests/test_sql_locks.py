@@ -168,3 +168,29 @@ async def _values(url: str, table: str) -> list[tuple[int]]:
             return [tuple(r) for r in cur.fetchall()]
 
     return await trio.to_thread.run_sync(read)
+
+
+class TestSetupOnce:
+    """Start-up DDL: briefly waited for, tried again after a failure, then never again."""
+
+    async def test_ddl_under_a_short_lock_timeout(self, url: str, table: str) -> None:
+        index = f"{table}_n"
+        calls: list[bool] = []
+
+        def ddl(tx: Any) -> bool:
+            calls.append(True)
+            if tx.index_exists(table, index):
+                return False
+            tx.execute(f"CREATE INDEX {index} ON {table} (n)")
+            return True
+
+        # The session's own lock timeout is long: DDL still waits at most ~1 s.
+        async with opened(url, lock_timeout=600) as db:
+            async with row_locked(url, table):
+                started = time.monotonic()
+                with pytest.raises(TransientError):
+                    await db.setup_once("index", ddl)
+                assert time.monotonic() - started < WATCHDOG / 2
+            assert await db.setup_once("index", ddl) is True  # tried again, done
+            assert await db.setup_once("index", ddl) is None  # and never again
+            assert len(calls) == 2
