@@ -31,13 +31,14 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import syncd_votes
 import trio
 import yaml
 from votes_support import Votes, open_votes
 
 import syncd
 from syncd.sql import open_database
-from syncd.testing import REDIS_URL
+from syncd.testing import REDIS_URL, daemon_config, run_daemon, wait_for
 
 GRACE = 2.0
 #: How far past the grace period the exit may come (generous: a loaded machine).
@@ -170,3 +171,33 @@ class TestBlockedRecovery:
         assert lock_waiters(votes.url) == 0
         assert "cancelling a statement whose caller was cancelled" in log.read_text()
         print(json.dumps({"sigterm_to_exit_seconds": round(took, 2)}))
+
+
+class TestLockTimeoutIsTransient:
+    """A lock wait that times out is retried with the batch in Redis, never
+    dead-lettered; once the lock is gone the batch goes through, once."""
+
+    async def test_retried_not_dead_lettered(self, pg_votes: Votes) -> None:
+        votes = pg_votes
+        db = open_database("ledger", votes.url)
+        await db.connect()  # the ledger table exists
+        await db.aclose()
+        instance = f"waiting-{uuid.uuid4().hex[:8]}"
+        votes.push(*({"vote": "a", "voter_id": f"v{i}"} for i in range(5)))
+        batch = await leave_in_flight(votes, instance, 5)
+        config = daemon_config({"votes": votes.section(lanes=1)}, {"default": votes.url},
+                               instance=instance, lock_timeout="500ms")
+        with contextlib.ExitStack() as frozen:
+            frozen.enter_context(frozen_replica(votes.url, batch.id))
+            async with run_daemon(config, [syncd_votes]) as daemon:
+                runner = daemon.runner("votes")
+                await wait_for(lambda: runner.restarts >= 2, timeout=30)
+                assert runner.last_error is not None
+                assert runner.last_error["kind"] == "database"
+                assert "lock timeout" in runner.last_error["message"]
+                assert votes.dead_letters() == []
+                assert votes.pending() == 5
+                frozen.close()  # the frozen replica's transaction rolls back
+                await wait_for(lambda: votes.pending() == 0, timeout=30)
+        assert len(votes.rows()) == 5
+        assert votes.dead_letters() == []
