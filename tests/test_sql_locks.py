@@ -12,6 +12,7 @@ The lock is always a real one, held by the test's own connection.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -114,6 +115,10 @@ class TestBoundedLockWaits:
                 rows = await db.fetchall(
                     "SELECT @@SESSION.innodb_lock_wait_timeout, @@SESSION.lock_wait_timeout")
                 assert rows == [(2, 2)]  # whole seconds, rounded up
+                [(version,)] = await db.fetchall("SELECT VERSION()")
+                if "mariadb" in version.lower():
+                    idle = await db.fetchall("SELECT @@SESSION.idle_transaction_timeout")
+                    assert idle == [(60,)]
 
     async def test_a_held_row_lock_is_a_transient_error(self, url: str, table: str) -> None:
         async with opened(url, lock_timeout=1.0) as db, row_locked(url, table):
@@ -194,3 +199,50 @@ class TestSetupOnce:
             assert await db.setup_once("index", ddl) is True  # tried again, done
             assert await db.setup_once("index", ddl) is None  # and never again
             assert len(calls) == 2
+
+
+class TestFrozenReplica:
+    """A syncd session idle inside a transaction is ended by the server, which
+    frees its locks for the other replicas; the frozen one gets a transient error."""
+
+    async def test_idle_transaction_is_ended(self, url: str, table: str) -> None:
+        locked, woke = threading.Event(), threading.Event()
+
+        def frozen(tx: Any) -> None:
+            tx.execute(f"UPDATE {table} SET n = n + 1 WHERE id = 1")
+            locked.set()
+            woke.wait(WATCHDOG)  # a SIGSTOP, a long pause: no statement meanwhile
+            tx.execute("SELECT 1")
+
+        async with opened(url, lock_timeout=600, idle_transaction_timeout=1) as db:
+            failed: list[BaseException] = []
+
+            async def run_frozen() -> None:
+                try:
+                    await db.transaction(frozen)
+                except TransientError as exc:
+                    failed.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_frozen)
+                assert await trio.to_thread.run_sync(locked.wait, WATCHDOG)
+                # Another replica gets the row, while the frozen one still sleeps:
+                # only the server ending its session can have freed the lock.
+                await trio.to_thread.run_sync(_update, url, table)
+                assert not woke.is_set()
+                woke.set()
+            assert failed, "the frozen transaction should have failed"
+        assert await _values(url, table) == [(1000,)]
+
+
+def _update(url: str, table: str) -> None:
+    """Set the row, waiting for its lock at most WATCHDOG / 2 seconds."""
+    wait = int(WATCHDOG / 2)
+    with contextlib.closing(connector(url)()) as conn:
+        cur = conn.cursor()
+        if url.startswith("postgresql"):
+            cur.execute(f"SET lock_timeout = '{wait}s'")
+        else:
+            cur.execute(f"SET SESSION innodb_lock_wait_timeout = {wait}")
+        cur.execute(f"UPDATE {table} SET n = 1000 WHERE id = 1")
+        conn.commit()
