@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 SETUP = Path(__file__).parents[1] / "scripts" / "lib" / "setup.sh"
 
@@ -49,7 +51,9 @@ def _started(tmp_path: Path) -> Iterator[object]:
 
     yield ensure_redis
     for port in ports:
-        client = redis.Redis(port=port)
+        # No retries: SHUTDOWN drops the connection, and a retry would only
+        # wait for a server that is gone.
+        client = redis.Redis(port=port, retry=Retry(NoBackoff(), 0))
         try:
             client.shutdown(nosave=True)
         except redis.ConnectionError:
