@@ -99,6 +99,8 @@ def _at_least_a_day(attribute: attrs.Attribute[Any], value: float) -> None:
     if value < 86400:
         raise ValueError(f"must be at least 1d (a replay after a long outage "
                          f"must still find its batch), got {value:g}s", attribute)
+    if value > 36500 * 86400:  # past what the databases' date arithmetic takes
+        raise ValueError(f"must be at most 36500d, got {value:g}s", attribute)
 
 
 @attrs.frozen
@@ -321,10 +323,14 @@ def _check(config: Config) -> None:
         if not isinstance(url, str) or not url:
             raise ConfigError(f"databases.{name}", "expected a database URL")
         try:
-            open_database(name, url)
+            db = open_database(name, url)
         except (ValueError, TypeError) as exc:
             # Never the raw URL: the driver's message may quote it, password and all.
             raise ConfigError(f"databases.{name}", scrub(str(exc), url)) from None
+        folder = getattr(db, "folder", None)  # SQLite: the file's directory must exist
+        if folder is not None and not folder.is_dir():
+            raise ConfigError(f"databases.{name}", f"no such directory for the SQLite file: "
+                                                   f"{folder}")
     if not re.match(r"^[A-Za-z0-9_.:-]{1,100}$", config.instance):
         raise ConfigError("instance", "use letters, digits and _ . : - (at most 100)")
 

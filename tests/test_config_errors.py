@@ -69,10 +69,17 @@ class TestOneLine:
          "redis.url: Invalid value for 'socket_timeout'"),
         ({"databases": {"default": "postgresql://postgres@127.0.0.1:654321/test"}},
          "databases.default: invalid port in PostgreSQL URL: '654321'"),
+        ({"databases": {"default": "postgresql://postgres@127.0.0.1/test?sslmode=maybe"}},
+         "databases.default: PostgreSQL URL option 'sslmode' must be one of"),
+        ({"databases": {"default": "mysql://root@127.0.0.1/test?read_timeout=0"}},
+         "databases.default: MySQL URL option 'read_timeout' must be more than 0"),
+        ({"databases": {"default": "sqlite:////nonexistent-syncd-dir/x.db"}},
+         "databases.default: no such directory for the SQLite file: /nonexistent-syncd-dir"),
         ({"lock_timeout": "0s"}, "lock_timeout: must be more than 0s"),
         ({"shutdown_grace": float("nan")}, "shutdown_grace: expected a finite duration"),
         ({"restart_backoff_max": 0}, "restart_backoff_max: must be more than 0s"),
-    ], ids=["redis-scheme", "redis-db", "redis-option", "pg-port", "lock-timeout",
+    ], ids=["redis-scheme", "redis-db", "redis-option", "pg-port", "pg-sslmode",
+            "mysql-timeout", "sqlite-folder", "lock-timeout",
             "nan-grace", "zero-backoff"])
     def test_rejected_at_start(self, tmp_path: Path, config: dict[str, Any],
                                message: str) -> None:

@@ -521,6 +521,10 @@ class MySQLDatabase(Database):
                 params[key] = _URL_OPTIONS[key](value)
             except ValueError:
                 raise ValueError(f"invalid value for MySQL URL option {key!r}: {value!r}") from None
+            # pymysql refuses these only when it connects.
+            if key.endswith("_timeout") and not 0 < params[key] <= 31536000:
+                raise ValueError(f"MySQL URL option {key!r} must be more than 0 and at most "
+                                 f"31536000 (seconds), got {value!r}")
         self._params = params
 
     def _open(self) -> pymysql.connections.Connection:

@@ -38,6 +38,11 @@ _TRANSIENT = (
     OSError,
 )
 
+#: libpq options whose values must be whole numbers.
+_INTEGER_OPTIONS = ("connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
+                    "keepalives_count", "tcp_user_timeout")
+_SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+
 #: Transient errors after which the connection itself is fine.
 _KEEP_CONNECTION = (
     psycopg.errors.LockNotAvailable,  # lock_timeout
@@ -211,11 +216,19 @@ class PostgresDatabase(Database):
             params = psycopg.conninfo.conninfo_to_dict(self.url)
         except psycopg.Error as exc:
             raise ValueError(f"invalid PostgreSQL URL: {exc}") from None
-        # libpq reads the port only when it connects: a wrong one would be
-        # an endless "unavailable" instead of a config error.
+        # libpq reads these values only when it connects: a wrong one would
+        # be an endless "unavailable" instead of a config error.
         for port in str(params.get("port") or "").split(","):
             if port and not (port.isdigit() and 1 <= int(port) <= 65535):
                 raise ValueError(f"invalid port in PostgreSQL URL: {port!r}")
+        for key in _INTEGER_OPTIONS:
+            value = str(params.get(key, "0")).strip()
+            if not value.lstrip("-").isdigit():
+                raise ValueError(f"PostgreSQL URL option {key!r} must be a whole number, "
+                                 f"got {value!r}")
+        if str(params.get("sslmode", "prefer")) not in _SSLMODES:
+            raise ValueError(f"PostgreSQL URL option 'sslmode' must be one of "
+                             f"{', '.join(sorted(_SSLMODES))}, got {params['sslmode']!r}")
         # libpq's defaults for these are "forever": a dead peer would hold a
         # thread (and a connection) until the kernel gives up, many minutes on.
         params.setdefault("connect_timeout", max(2, round(self.connect_timeout)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
@@ -141,6 +142,14 @@ class SQLiteDatabase(Database):
         if not path or "?" in path:
             raise ValueError("a SQLite URL needs a file path, and takes no options (no '?')")
         self.path = path
+
+    @property
+    def folder(self) -> Path | None:
+        """The directory the file goes in (None for ``:memory:``); sqlite3
+        cannot create it, so the config checks it exists."""
+        if self.path == ":memory:":
+            return None
+        return Path(self.path).parent
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
