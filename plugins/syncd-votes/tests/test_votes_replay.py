@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from votes_support import Votes, start_serve, stop_serve, write_config
 
 from syncd.testing import REDIS_URL
@@ -38,6 +39,7 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 class TestReplayAfterConfigChange:
     """Committed under one config, replayed under another: stored once, dead-lettered never."""
 
