@@ -19,6 +19,7 @@ from syncd.config import Config, load_config, resolve_plugins
 from syncd.errors import ConfigError, TransientError
 from syncd.logs import setup_logging
 from syncd.manager import get_plugin_manager
+from syncd.redact import scrub
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,17 +36,44 @@ config_option = click.option(
 
 
 def fail_on_config_errors(fn: F) -> F:
-    """Turn a ConfigError anywhere below into one line on stderr and exit 2."""
+    """Turn a ConfigError anywhere below into one line on stderr and exit 2.
+
+    Also one found inside exception groups: a setting that only fails once
+    the daemon runs (``http.listen`` on a port in use) comes out of nurseries.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ConfigError as exc:
-            click.echo(f"syncd: config error: {exc}", err=True)
+        except (ConfigError, BaseExceptionGroup) as exc:
+            error = _config_error_in(exc)
+            if error is None:
+                raise
+            click.echo(f"syncd: config error: {error}", err=True)
             sys.exit(EXIT_CONFIG)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _config_error_in(exc: BaseException) -> ConfigError | None:
+    """``exc`` if it is a ConfigError, or the one in its groups that caused
+    the rest (everything else in them is cancellation)."""
+    if isinstance(exc, ConfigError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        errors, rest = exc.split(ConfigError)
+        if errors is not None and (rest is None or rest.split(trio.Cancelled)[1] is None):
+            found = errors
+            while isinstance(found, BaseExceptionGroup):
+                found = found.exceptions[0]
+            return found  # type: ignore[return-value]
+    return None
+
+
+def _scrubbed(message: str, config: Config) -> str:
+    """``message`` without any secret of the configured URLs."""
+    return scrub(message, config.redis.url, *config.databases.values())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,12 +107,7 @@ def serve(config_path: str | None) -> None:
 
     config, pm = _load(config_path)
     daemon = Daemon.build(config, pm)
-
-    async def _serve() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(functools.partial(daemon.serve, handle_signals=True))
-
-    trio.run(_serve)
+    trio.run(functools.partial(daemon.serve, handle_signals=True))
 
 
 @main.command()
@@ -154,7 +177,7 @@ def check(config_path: str | None, show: bool) -> None:
             click.echo(f"ok    {name} ({result['latency_ms']} ms)")
         else:
             bad += 1
-            click.echo(f"FAIL  {name}: {result.get('error')}")
+            click.echo(f"FAIL  {name}: {_scrubbed(str(result.get('error')), config)}")
     enabled = [name for name, s in daemon.settings.items() if s.enabled]
     click.echo(f"plugins enabled: {', '.join(enabled) or 'none'}")
     if bad:
@@ -201,10 +224,12 @@ def flush(config_path: str | None, plugin: str) -> None:
     try:
         click.echo(json.dumps(trio.run(_flush_once), default=str))
     except TransientError as exc:
-        click.echo(f"syncd: {exc}", err=True)
+        click.echo(f"syncd: {_scrubbed(str(exc), config)}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
+    except ConfigError:
+        raise
     except Exception as exc:
-        click.echo(f"syncd: flush of {plugin} failed: {exc}", err=True)
+        click.echo(f"syncd: flush of {plugin} failed: {_scrubbed(str(exc), config)}", err=True)
         sys.exit(1)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -19,12 +20,13 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar, Union
+from urllib.parse import urlsplit
 
 import attrs
 import yaml
 
 from syncd.errors import ConfigError
-from syncd.redact import MASK, mask_url
+from syncd.redact import MASK, mask_url, scrub
 
 T = TypeVar("T")
 
@@ -47,6 +49,8 @@ class Duration(float):
         if isinstance(value, bool):
             raise ValueError(f"expected a duration like 500ms, 30s or 5m, got {value!r}")
         if isinstance(value, int | float):
+            if not math.isfinite(value):
+                raise ValueError(f"expected a finite duration like 500ms, 30s or 5m, got {value!r}")
             if value < 0:
                 raise ValueError(f"a duration cannot be negative, got {value!r}")
             return cls(value)
@@ -77,12 +81,26 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -
         raise ValueError(f"must be greater than 0, got {value!r}", attribute)
 
 
+def _between(low: float, high: float, unit: str = "s") -> Any:
+    """A validator: ``low < value <= high``."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+        if not low < value <= high:
+            raise ValueError(
+                f"must be more than {low:g}{unit} and at most {high:g}{unit}, got {value:g}{unit}",
+                attribute)
+
+    return check
+
+
 def _at_least_a_day(attribute: attrs.Attribute[Any], value: float) -> None:
     """A ledger row must outlive any copy of its batch still in Redis (a host
     down for hours, then a replay): forgetting it sooner could apply twice."""
     if value < 86400:
         raise ValueError(f"must be at least 1d (a replay after a long outage "
                          f"must still find its batch), got {value:g}s", attribute)
+    if value > 36500 * 86400:  # past what the databases' date arithmetic takes
+        raise ValueError(f"must be at most 36500d, got {value:g}s", attribute)
 
 
 @attrs.frozen
@@ -143,7 +161,11 @@ class Config:
         repr=lambda dbs: repr({name: mask_url(url) for name, url in dbs.items()}),
     )
     http: HttpConfig = attrs.Factory(HttpConfig)
-    shutdown_grace: Duration = Duration(30)
+    shutdown_grace: Duration = attrs.field(
+        default=Duration(30), validator=_between(-1, 86400))
+    lock_timeout: Duration = attrs.field(default=Duration(5), validator=_between(0, 86400))
+    idle_transaction_timeout: Duration = attrs.field(
+        default=Duration(60), validator=_between(0, 86400))
     log_level: str = attrs.field(
         default="info",
         validator=attrs.validators.in_(["debug", "info", "warning", "error", "critical"]),
@@ -151,7 +173,8 @@ class Config:
     log_format: str = attrs.field(
         default="logfmt", validator=attrs.validators.in_(["logfmt", "json"]))
     instance: str = attrs.Factory(socket.gethostname)
-    restart_backoff_max: Duration = Duration(30)
+    restart_backoff_max: Duration = attrs.field(
+        default=Duration(30), validator=_between(0, 86400))
     ledger_retention: Duration = attrs.field(
         default=Duration(30 * 86400), validator=lambda i, a, v: _at_least_a_day(a, v))
     plugins: dict[str, dict[str, Any]] | None = None
@@ -164,6 +187,8 @@ class Config:
         if self.http.token is not None:
             data["http"]["token"] = MASK
         data["shutdown_grace"] = float(self.shutdown_grace)
+        data["lock_timeout"] = float(self.lock_timeout)
+        data["idle_transaction_timeout"] = float(self.idle_transaction_timeout)
         data["restart_backoff_max"] = float(self.restart_backoff_max)
         data["ledger_retention"] = float(self.ledger_retention)
         return data
@@ -289,17 +314,42 @@ def _check(config: Config) -> None:
             f"required when http.listen ({config.http.listen}) is not a loopback address "
             "(set http.token or SYNCD_HTTP__TOKEN, or listen on 127.0.0.1)",
         )
+    _check_redis_url(config.redis.url)
     if not config.databases:
         raise ConfigError("databases", "at least one database is required")
     from syncd.sql import open_database  # late: the sql package imports drivers
 
     for name, url in config.databases.items():
+        if not isinstance(url, str) or not url:
+            raise ConfigError(f"databases.{name}", "expected a database URL")
         try:
-            open_database(name, url)
-        except ValueError as exc:
-            raise ConfigError(f"databases.{name}", str(exc)) from None
+            db = open_database(name, url)
+        except (ValueError, TypeError) as exc:
+            # Never the raw URL: the driver's message may quote it, password and all.
+            raise ConfigError(f"databases.{name}", scrub(str(exc), url)) from None
+        folder = getattr(db, "folder", None)  # SQLite: the file's directory must exist
+        if folder is not None and not folder.is_dir():
+            raise ConfigError(f"databases.{name}", f"no such directory for the SQLite file: "
+                                                   f"{folder}")
     if not re.match(r"^[A-Za-z0-9_.:-]{1,100}$", config.instance):
         raise ConfigError("instance", "use letters, digits and _ . : - (at most 100)")
+
+
+def _check_redis_url(url: str) -> None:
+    """Parse the Redis URL now, as redis-py will: a wrong scheme, database
+    number or option is a config error naming the key, not a traceback."""
+    import redis  # late, like the SQL drivers
+
+    try:
+        parts = urlsplit(url)
+        redis.ConnectionPool.from_url(url)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("redis.url", scrub(str(exc), url).rstrip(".") +
+                          f" (got {mask_url(url)})") from None
+    # redis-py ignores a database number it cannot read (redis://host/abc is db 0).
+    db = parts.path.strip("/")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        raise ConfigError("redis.url", f"the database must be a number, got {db!r}")
 
 
 def resolve_plugins(

@@ -7,6 +7,7 @@ A quart-trio app served by hypercorn in the daemon's root nursery::
     GET  /ping                   {"status": "ok"}
     GET  /health/live            200 while the event loop answers
     GET  /health/ready           200 only when Redis, every database and every plugin are fine
+                                 (503 naming each plugin still starting or failed)
     GET  /metrics                Prometheus text from the daemon's own registry
     GET  /plugins                every plugin's status
     GET  /plugins/<name>         one plugin's status
@@ -68,6 +69,8 @@ log = get_logger("control")
 
 #: Methods that only read; everything else needs the token when one is set.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Plugin states in which /health/ready answers 503.
+NOT_READY_STATES = frozenset({"starting", "failed"})
 #: Seconds each backend probe of /health and /health/ready may take.
 PROBE_TIMEOUT = 2.0
 #: Seconds in-flight requests get once the daemon stops the control plane
@@ -227,13 +230,15 @@ def create_app(daemon: Daemon, tasks: trio.Nursery) -> QuartTrio:
     @app.get("/health/ready")
     async def ready() -> Response:
         checks = await check()
+        # A plugin still starting (recovering what a previous run left in
+        # flight, perhaps blocked on a database lock) is not ready yet either.
         plugins = {
-            name: {"state": runner.state, "ok": runner.state != "failed",
+            name: {"state": runner.state, "ok": runner.state not in NOT_READY_STATES,
                    "paused": runner.gate.paused}
             for name, runner in daemon.runners.items()
         }
         reasons = [f"{key}: {c.get('error', 'failed')}" for key, c in checks.items() if not c["ok"]]
-        reasons += [f"plugin {name} is failed" for name, p in plugins.items() if not p["ok"]]
+        reasons += [f"plugin {name} is {p['state']}" for name, p in plugins.items() if not p["ok"]]
         if daemon.shutting_down:
             reasons.append("shutting down")
         daemon.metrics.health_checks.labels(_healthy(not reasons)).inc()

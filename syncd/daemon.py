@@ -9,8 +9,15 @@
             ├── control plane (hypercorn + quart-trio)
             └── signal watcher: SIGTERM/SIGINT → graceful shutdown; again → exit now
 
+The control plane listens first, before any plugin recovers what a
+previous run left in flight: ``/health/live`` answers at once and
+``/health/ready`` names each plugin still starting, even when a recovery is
+blocked (a database lock held elsewhere), and signals are heard from the
+start.
+
 Shutdown is a sequence of deadlines, as in hypercorn's ``worker_serve``:
-intake stops, final flushes run shielded until ``shutdown_grace``, the
+intake stops, final flushes run shielded until ``shutdown_grace`` (a
+database statement still blocked then is cancelled on the server), the
 control plane lets in-flight requests finish, connections close.
 """
 
@@ -21,7 +28,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import pluggy
@@ -29,7 +36,7 @@ import trio
 import trio_asyncio
 
 from syncd.config import Config, PluginSettings, resolve_plugins
-from syncd.errors import TransientError
+from syncd.errors import ConfigError, TransientError
 from syncd.logs import get_logger, plugin_logger
 from syncd.manager import Discovered, discover
 from syncd.metrics import Metrics
@@ -42,6 +49,8 @@ from syncd.sql import Database, open_database
 from syncd.supervisor import PluginRunner, Supervisor
 
 log = get_logger("daemon")
+
+E = TypeVar("E", bound=BaseException)
 
 #: Seconds in-flight control-plane requests get once the plugins have stopped.
 HTTP_GRACE = 5.0
@@ -79,7 +88,8 @@ class Daemon:
 
     Build it with `Daemon.build`, start it with ``await nursery.start(daemon.serve)``
     (it answers with itself once every plugin has recovered and the control
-    plane listens), stop it with `request_shutdown` or by cancelling.
+    plane listens, or once a shutdown was asked for before that), stop it
+    with `request_shutdown` or by cancelling.
     """
 
     config: Config
@@ -98,6 +108,8 @@ class Daemon:
     _shutdown: trio.Event = attrs.Factory(trio.Event)
     _http_stop: trio.Event = attrs.Factory(trio.Event)
     _supervisor_done: trio.Event = attrs.Factory(trio.Event)
+    _plugins_started: trio.Event = attrs.Factory(trio.Event)
+    _connecting: trio.CancelScope = attrs.Factory(trio.CancelScope)
     _probes: dict[str, _Probe] = attrs.Factory(dict)
 
     @classmethod
@@ -116,6 +128,8 @@ class Daemon:
             name: open_database(
                 name, url,
                 on_error=lambda exc, name=name: metrics.database_errors.labels(name).inc(),
+                lock_timeout=float(config.lock_timeout),
+                idle_transaction_timeout=float(config.idle_transaction_timeout),
             )
             for name, url in config.databases.items()
         }
@@ -166,35 +180,42 @@ class Daemon:
         self, *, handle_signals: bool = False,
         task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Run until `request_shutdown` (or a signal), then stop gracefully.
+
+        Raises:
+            ConfigError: when the control plane cannot listen on ``http.listen``.
+        """
         tune_gc()
         async with trio_asyncio.open_loop(), AsyncExitStack() as stack:
             stack.callback(self.redis.close)
             for db in self.databases.values():
                 stack.push_async_callback(db.aclose)
-            await self._connect_backends()
             async with trio.open_nursery() as outer:
                 if handle_signals:
                     # Outside the root nursery, so a second signal is still
                     # heard while the root is shutting down.
                     await outer.start(self._watch_signals)
                 async with trio.open_nursery() as root:
-                    await root.start(self._run_supervisor)
+                    # The first workers exist before the control plane is
+                    # built (it mounts their routes), but recover nothing yet.
+                    self.supervisor.prepare()
+                    if self.config.http.enabled:
+                        self.http_binds = await self._start_control_plane(root)
+                    root.start_soon(self._run_plugins)
                     outer.start_soon(self._prune_ledgers)
                     outer.start_soon(self.observer.run)
-                    if self.config.http.enabled:
-                        from syncd.control import serve_control_plane
-
-                        self.http_binds = await root.start(
-                            serve_control_plane, self, self._http_stop)
-                    log.info("syncd ready", extra={
-                        "plugins": ",".join(self.runners) or "-",
-                        "http": ",".join(self.http_binds) or "-",
-                        "redis": mask_url(self.config.redis.url),
-                    })
+                    await _first_of(self._plugins_started, self._shutdown)
+                    if not self.shutting_down:
+                        log.info("syncd ready", extra={
+                            "plugins": ",".join(self.runners) or "-",
+                            "http": ",".join(self.http_binds) or "-",
+                            "redis": mask_url(self.config.redis.url),
+                        })
                     task_status.started(self)
                     await self._shutdown.wait()
                     grace = float(self.config.shutdown_grace)
                     log.info("shutting down", extra={"grace_seconds": grace})
+                    self._connecting.cancel()
                     self.supervisor.stop(grace)
                     await self._supervisor_done.wait()
                     # Let in-flight HTTP requests finish, but not forever.
@@ -202,6 +223,38 @@ class Daemon:
                     root.cancel_scope.deadline = trio.current_time() + HTTP_GRACE
                 outer.cancel_scope.cancel()
         log.info("syncd stopped")
+
+    async def _start_control_plane(self, nursery: trio.Nursery) -> list[str]:
+        """Listen on ``http.listen``; a bind that fails is a config error, one line."""
+        from syncd.control import serve_control_plane
+
+        try:
+            return await nursery.start(serve_control_plane, self, self._http_stop)
+        except (OSError, BaseExceptionGroup) as exc:
+            error = _find(exc, OSError)
+            if error is None:
+                raise
+            reason = error.strerror or str(error)
+            raise ConfigError(
+                "http.listen", f"cannot listen on {self.config.http.listen}: {reason}"
+            ) from None
+
+    async def _run_plugins(self) -> None:
+        """Warm up the backends, then start every plugin (each recovers first).
+
+        A shutdown asked for meanwhile cancels the warm-up (`_connecting`) and
+        stops the plugins through the supervisor, whatever stage they are at.
+        """
+        try:
+            with self._connecting:
+                await self._connect_backends()
+            if self.shutting_down:
+                return
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.supervisor.run)
+                self._plugins_started.set()
+        finally:
+            self._supervisor_done.set()
 
     async def _prune_ledgers(self) -> None:
         """Keep the ledger tables from growing forever.
@@ -227,14 +280,6 @@ class Daemon:
                 # timeout or a read-only replica only means a bigger ledger.
                 log.warning("ledger not pruned", extra={"database": name, "error": str(exc)})
         return pruned
-
-    async def _run_supervisor(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        try:
-            await self.supervisor.run(task_status=task_status)
-        finally:
-            self._supervisor_done.set()
 
     async def _connect_backends(self) -> None:
         """Connect what answers; a backend that is down only makes us not ready.
@@ -311,6 +356,29 @@ class Daemon:
             probe = self._probes[key] = _Probe(trio.current_time())
             nursery.start_soon(probe.run, ping, lambda: self._probes.pop(key, None))
         return probe
+
+
+async def _first_of(*events: trio.Event) -> None:
+    """Return as soon as any of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+        for event in events:
+            nursery.start_soon(_wait_then_cancel, event, nursery.cancel_scope)
+
+
+async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+def _find(exc: BaseException, kind: type[E]) -> E | None:
+    """The first ``kind`` in ``exc`` or, depth first, in its groups."""
+    if isinstance(exc, kind):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = _find(inner, kind)
+        if found is not None:
+            return found
+    return None
 
 
 @attrs.define(eq=False)

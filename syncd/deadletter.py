@@ -23,7 +23,10 @@ just as stable, since an entry is never rewritten in place.
 A payload that is not valid UTF-8 is stored base64-encoded under
 ``payload_b64`` instead of ``payload``, so arbitrary bytes (binary junk, a
 truncated multi-byte character) survive exactly; NUL bytes are valid UTF-8 and
-JSON escapes them as ``\\u0000``.
+JSON escapes them as ``\\u0000``. So is a payload over 1 MiB whose JSON
+text would be larger than its base64 form: an entry is never much more than
+a third larger than its payload, so any item up to ~380 MB can be
+quarantined within the 512 MB Redis takes in one value.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
+
+#: Payloads whose JSON text is larger than this, and larger than their
+#: base64 form, are stored base64 (see `DeadLetter._payload_json`).
+BASE64_ABOVE = 1 << 20
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -77,22 +84,42 @@ class DeadLetter:
         return self.payload.encode("utf-8", "surrogatepass")
 
     def encode(self) -> bytes:
-        """The JSON document stored in the dead-letter list (UTF-8 bytes)."""
-        doc: dict[str, Any] = {"id": self.id}
-        text = _as_text(self.payload)
-        if text is None:
-            doc["payload_b64"] = base64.b64encode(self.payload_bytes).decode("ascii")
-        else:
-            doc["payload"] = text
-        doc["reason"] = self.reason
-        doc["plugin"] = self.plugin
-        doc["at"] = self.at
-        doc["at_iso"] = datetime.fromtimestamp(self.at, UTC).isoformat()
+        """The JSON document stored in the dead-letter list (UTF-8 bytes).
+
+        Never much larger than the payload: a big payload whose JSON text
+        would outgrow its base64 form is stored base64 (see `_payload_json`).
+        """
+        doc: dict[str, Any] = {
+            "id": self.id,
+            "reason": self.reason,
+            "plugin": self.plugin,
+            "at": self.at,
+            "at_iso": datetime.fromtimestamp(self.at, UTC).isoformat(),
+        }
         if self.source is not None:
             doc["source"] = self.source
         # ensure_ascii=False keeps non-ASCII text readable (and small) in
         # redis-cli; _as_text guaranteed the text encodes as strict UTF-8.
-        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        rest = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        return f"{{{self._payload_json()},{rest[1:]}".encode()
+
+    def _payload_json(self) -> str:
+        """``"payload":"<text>"``, or ``"payload_b64":"…"`` for bytes that are
+        not UTF-8 and for big payloads that JSON would blow up.
+
+        JSON escapes a control character six-fold (``\\u0001``) and a quote
+        two-fold: a 100 MB payload of them became a 600 MB dead letter, past
+        the 512 MB Redis accepts in one value, so the ack carrying it failed
+        and its batch was retried for ever. Base64 adds a third, whatever the
+        bytes. Small payloads stay readable text whatever their escapes.
+        """
+        text = _as_text(self.payload)
+        if text is not None:
+            escaped = json.dumps(text, ensure_ascii=False)
+            size = len(self.payload_bytes) + len(escaped) - len(text)  # escapes are ASCII
+            if size <= BASE64_ABOVE or size <= len(self.payload_bytes) * 4 // 3 + 4:
+                return f'"payload":{escaped}'
+        return f'"payload_b64":"{base64.b64encode(self.payload_bytes).decode("ascii")}"'
 
     @classmethod
     def decode(cls, key: str, raw: bytes | str) -> DeadLetter:

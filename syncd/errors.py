@@ -17,6 +17,8 @@ class ConfigError(SyncdError):
     """The configuration is wrong; the message names the key and the problem."""
 
     def __init__(self, key: str, problem: str) -> None:
+        # One line, always: it is printed as the only line of a failed start.
+        problem = " ".join(line.strip() for line in str(problem).strip().splitlines())
         super().__init__(f"{key}: {problem}" if key else problem)
         self.key = key
         self.problem = problem

@@ -18,7 +18,7 @@ import redis
 import trio
 
 from syncd.errors import RedisUnavailable
-from syncd.redact import mask_url
+from syncd.redact import mask_url, scrub
 
 T = TypeVar("T")
 
@@ -81,7 +81,8 @@ class RedisHandle:
         except CONNECTION_ERRORS as exc:
             if self.on_error is not None:
                 self.on_error(exc)
-            raise RedisUnavailable(f"redis {mask_url(self.url)}: {exc}") from exc
+            raise RedisUnavailable(
+                f"redis {mask_url(self.url)}: {scrub(str(exc), self.url)}") from exc
 
     async def ping(self) -> None:
         """Raise `RedisUnavailable` unless Redis answers PING."""

@@ -111,6 +111,9 @@ class PluginRunner:
     throughput: Throughput = attrs.Factory(Throughput)
     _flush_lock: trio.Lock = attrs.Factory(trio.Lock)
     _intake: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    #: A worker built by `prepare` that has not run yet.
+    _prepared: Worker | None = None
+    _started: bool = False
     _flush_deadline: float = math.inf
     _backoff: float = BACKOFF_INITIAL
     log: Any = attrs.field(init=False, default=None)
@@ -126,17 +129,37 @@ class PluginRunner:
 
     # -- lifecycle ---------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Build the first worker now, without running it.
+
+        The control plane mounts a plugin's routes from its worker, and it
+        starts before any plugin recovers (so health answers at once): the
+        worker must exist by then. A factory that fails here is left for
+        `run`, which reports and retries it like any crash.
+        """
+        if self.worker is not None:
+            return
+        try:
+            self.worker = self._prepared = self.spec.create(self.make_context(self))
+        except Exception:
+            self.worker = self._prepared = None
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Supervise the plugin until cancelled, then flush it one last time.
 
         ``started()`` is called once the first worker has recovered what a
         previous process left in flight, or has failed doing so: a broken
-        plugin must not hold the daemon's start-up hostage.
+        plugin must not hold the daemon's start-up hostage. Stopped before
+        that (a recovery blocked on a database lock, then SIGTERM), it is
+        called on the way out.
         """
         try:
             with self._intake:
                 await self._supervise(task_status)
         finally:
+            if not self._started:
+                self._started = True
+                task_status.started()
             self._set_state("stopping")
             deadline = self._flush_deadline
             if deadline == math.inf:
@@ -155,19 +178,19 @@ class PluginRunner:
         self._intake.cancel()
 
     async def _supervise(self, task_status: trio.TaskStatus[None]) -> None:
-        started = False
         while True:
             try:
                 async with trio.open_nursery() as nursery:
                     self._set_state("starting")
-                    self.worker = self.spec.create(self.make_context(self))
+                    prepared, self._prepared = self._prepared, None
+                    self.worker = prepared or self.spec.create(self.make_context(self))
                     await nursery.start(self.worker.run)
                     self._set_state("paused" if self.gate.paused else "running")
                     self.log.info("worker started", extra={"restarts": self.restarts})
                     self._emit("syncd_worker_started", plugin=self.name,
                                config=self.settings.options)
-                    if not started:
-                        started = True
+                    if not self._started:
+                        self._started = True
                         task_status.started()
                     if self.worker.interval:
                         nursery.start_soon(self._timer, self.worker.interval)
@@ -185,8 +208,8 @@ class PluginRunner:
                     # cancel): no restart, go on to the final flush.
                     return
                 self._emit("syncd_worker_stopped", plugin=self.name)
-                if not started:
-                    started = True
+                if not self._started:
+                    self._started = True
                     task_status.started()
                 delay, self._backoff = self._backoff, min(self._backoff * 2, self.backoff_max)
                 self.restarts += 1
@@ -394,6 +417,11 @@ class Supervisor:
     """Starts every enabled plugin's runner and stops them together."""
 
     runners: Mapping[str, PluginRunner]
+
+    def prepare(self) -> None:
+        """Build every plugin's first worker (see `PluginRunner.prepare`)."""
+        for runner in self.runners.values():
+            runner.prepare()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

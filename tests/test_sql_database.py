@@ -535,7 +535,7 @@ class TestUnavailable:
     async def test_sqlite_locked_by_another_writer(self, sqlite_url: str) -> None:
         """A lock held longer than the busy timeout is transient; the connection is kept."""
         holder = open_database("holder", sqlite_url)
-        waiter = open_database("waiter", sqlite_url, connect_timeout=0.1)
+        waiter = open_database("waiter", sqlite_url, lock_timeout=0.1)
         await holder.connect()
         await waiter.connect()
         entered, release = threading.Event(), threading.Event()

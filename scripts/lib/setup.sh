@@ -13,6 +13,8 @@
 #   PYTHON=/path/to/python3.x    interpreter used to create .venv (>= 3.11)
 #   SYNCD_SKIP_SERVICES=1        do not look at Redis/PostgreSQL/MariaDB at all
 #                                (you point syncd and the tests at your own servers)
+#   SYNCD_REDIS_DIR=/path        where a Redis started for scripts/serve keeps its
+#                                data (default ${XDG_STATE_HOME:-~/.local/state}/syncd/redis)
 
 SYNCD_ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd -P)
 VENV=$SYNCD_ROOT/.venv
@@ -20,6 +22,10 @@ VENV_STAMP=$VENV/.syncd-setup-stamp
 export DEBIAN_FRONTEND=noninteractive
 
 REDIS_PORT=6379
+# 1 (scripts/serve): a Redis this script starts keeps its data (AOF, in
+# REDIS_DIR); 0 (tests, benchmarks): nothing is written to disk.
+REDIS_PERSIST=${REDIS_PERSIST:-0}
+REDIS_DIR=${SYNCD_REDIS_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/syncd/redis}
 PG_PORT=5432
 MYSQL_PORT=3306
 
@@ -251,10 +257,38 @@ PY
     fi
 }
 
+# Warn (serve only) when the Redis found running keeps nothing on disk: it
+# was likely started for the tests. It is left alone either way.
+_redis_persistence_check() {
+    ((REDIS_PERSIST)) && have redis-cli || return 0
+    local aof save
+    aof=$(timeout 5 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" config get appendonly 2>/dev/null | sed -n 2p)
+    save=$(timeout 5 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" config get save 2>/dev/null | sed -n 2p)
+    if [[ $aof == no && -z $save ]]; then
+        say "redis: WARNING: the Redis on 127.0.0.1:$REDIS_PORT keeps nothing on disk (appendonly no, no save points: started for tests?); data in it is lost when it stops"
+    fi
+}
+
+# Start our own redis-server on REDIS_PORT: with persistence for the daemon
+# (AOF, fsync every second, in REDIS_DIR), without for the tests.
+_redis_start() {
+    if ((REDIS_PERSIST)); then
+        mkdir -p -- "$REDIS_DIR"
+        quietly "starting redis" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
+            --appendonly yes --appendfsync everysec --dir "$REDIS_DIR" \
+            --logfile "$REDIS_DIR/redis.log" --daemonize yes
+    else
+        # As the calling user: needs no privileges; nothing is persisted.
+        quietly "starting redis" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
+            --save '' --appendonly no --daemonize yes --dir "${TMPDIR:-/tmp}"
+    fi
+}
+
 ensure_redis() {
     local did=""
     if redis_ok; then
         say "redis: running on 127.0.0.1:$REDIS_PORT"
+        _redis_persistence_check
         return 0
     fi
     if tcp_open "$REDIS_PORT"; then
@@ -266,10 +300,9 @@ ensure_redis() {
         did="installed, "
     fi
     if ! redis_ok; then # the package may have started it (systemd machines)
-        # As the calling user: needs no privileges; nothing is persisted.
-        quietly "starting redis" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
-            --save '' --appendonly no --daemonize yes --dir "${TMPDIR:-/tmp}"
+        _redis_start
         wait_for 20 redis_ok || die "redis did not answer on 127.0.0.1:$REDIS_PORT after starting"
+        ((REDIS_PERSIST)) && did+="data in $REDIS_DIR, "
     fi
     say "redis: ${did}started on 127.0.0.1:$REDIS_PORT"
 }

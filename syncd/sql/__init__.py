@@ -59,13 +59,18 @@ def open_database(
     ledger_table: str = "syncd_ledger",
     on_error: Callable[[BaseException], None] | None = None,
     connect_timeout: float = 5.0,
+    lock_timeout: float = 5.0,
+    idle_transaction_timeout: float = 60.0,
 ) -> Database:
     """Describe a database from its URL, without connecting (``await db.connect()`` does).
 
     Accepted: ``postgresql://`` (or ``postgres://``), ``mysql://`` (or
     ``mariadb://``, for MySQL and MariaDB) and ``sqlite:///relative.db``,
     ``sqlite:////absolute.db``, ``sqlite:///:memory:``. SQLite always uses
-    a single connection, whatever ``pool_size`` says.
+    a single connection, whatever ``pool_size`` says. Every session waits
+    for a lock at most ``lock_timeout`` seconds, and is ended by the server
+    when idle inside a transaction for ``idle_transaction_timeout`` (see
+    `Database`).
 
     Raises:
         ValueError: for an unknown scheme or a malformed URL, with a message
@@ -85,4 +90,6 @@ def open_database(
         ledger_table=ledger_table,
         on_error=on_error,
         connect_timeout=connect_timeout,
+        lock_timeout=lock_timeout,
+        idle_transaction_timeout=idle_transaction_timeout,
     )

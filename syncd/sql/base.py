@@ -29,17 +29,27 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import urlsplit
 
 import attrs
 import trio
 
 from syncd.errors import DatabaseUnavailable
-from syncd.redact import mask_url
+from syncd.logs import get_logger
+from syncd.redact import mask_url, scrub
 
 T = TypeVar("T")
+
+log = get_logger("sql")
+
+#: Seconds a cancelled caller lets its statement finish on its own (a batch
+#: in flight usually commits in milliseconds) before cancelling it on the
+#: server; and between two cancel requests, should one land between statements.
+CANCEL_AFTER = 1.0
+#: The lock timeout of start-up DDL (`Database.setup_once`) at most: DDL
+#: waiting for a lock queues every later writer of the table behind it.
+DDL_LOCK_TIMEOUT = 1.0
 
 #: How long a ledger ``plugin`` or ``batch_id`` may be (the columns are VARCHAR(100)).
 LEDGER_KEY_MAX = 100
@@ -400,6 +410,11 @@ class Transaction:
     def _begin(self, readonly: bool) -> None:
         """Start the transaction (PostgreSQL and MySQL start one implicitly)."""
 
+    @contextlib.contextmanager
+    def _ddl_lock_wait(self, seconds: float) -> Iterator[None]:
+        """Wait at most ``seconds`` for a lock in the block (DDL at start-up)."""
+        yield
+
     # -- shared machinery -----------------------------------------------------------
 
     def _cursor(self) -> Any:
@@ -485,12 +500,15 @@ class Transaction:
         """
         cols = ["plugin", "batch_id", "applied_at", "detail"]
         cols_q = [self.quote_column(c) for c in cols]
+        # The database's clock, not this replica's: pruning compares against
+        # the same clock, so a replica whose clock is off can neither write
+        # rows that look old enough to prune at once nor prune young ones.
         sql = (
-            f"INSERT INTO {self._db._ledger_q} ({', '.join(cols_q)}) VALUES (%s, %s, %s, %s)"
+            f"INSERT INTO {self._db._ledger_q} ({', '.join(cols_q)}) "
+            f"VALUES (%s, %s, {self._db.now_sql}, %s)"
             + self._conflict_do_nothing(cols_q)
         )
-        now = self._db._timestamp_param(datetime.now(UTC))
-        return self.execute(sql, (plugin, batch_id, now, detail)) == 1
+        return self.execute(sql, (plugin, batch_id, detail)) == 1
 
     def _set_detail(self, plugin: str, batch_id: str, detail: str | None) -> None:
         self.execute(
@@ -597,6 +615,11 @@ class Database:
         on_error: Called with every database error that reaches a caller
             (the metrics count them); never with the caller's own exceptions.
         connect_timeout: Seconds to wait for a connection to open.
+        lock_timeout: Longest wait of one statement for a lock another
+            session holds; then it fails with a transient error (retried).
+        idle_transaction_timeout: A session of ours idle inside a transaction
+            this long is ended by the server (PostgreSQL, MariaDB), so a frozen
+            replica does not hold its locks for ever.
         idle_check: A pooled connection idle longer than this many seconds is
             pinged before use, so a server-side idle timeout costs nothing.
         limiter: Caps concurrent worker threads at the pool size, so a burst
@@ -616,6 +639,8 @@ class Database:
     ledger_table: str = "syncd_ledger"
     on_error: Callable[[BaseException], None] | None = attrs.field(default=None, repr=False)
     connect_timeout: float = 5.0
+    lock_timeout: float = 5.0
+    idle_transaction_timeout: float = 60.0
     idle_check: float = 30.0
     limiter: trio.CapacityLimiter = attrs.field(init=False, repr=False)
     _ledger_q: str = attrs.field(init=False, repr=False)
@@ -625,11 +650,15 @@ class Database:
     _ledger_ready: bool = attrs.field(init=False, default=False, repr=False)
     _closed: bool = attrs.field(init=False, default=False, repr=False)
     _column_types: dict[tuple[str, str], str] = attrs.field(init=False, factory=dict, repr=False)
+    _setup_done: dict[str, trio.Lock | None] = attrs.field(init=False, factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:
         validate_identifier(self.ledger_table)
         if self.pool_size < 1:
             raise ValueError(f"pool_size must be at least 1, not {self.pool_size}")
+        for what in ("lock_timeout", "idle_transaction_timeout"):
+            if not getattr(self, what) > 0:
+                raise ValueError(f"{what} must be greater than 0, not {getattr(self, what)}")
         self._parse_url()
         size = self.pool_size
         if self.max_pool_size is not None:
@@ -734,16 +763,45 @@ class Database:
         return await self._run(read, readonly=True)
 
     async def prune_ledger(self, older_than_seconds: float) -> int:
-        """Delete ledger rows older than this; return how many went.
+        """Delete ledger rows older than this (or exactly that old); return how many went.
 
         Keep them longer than a batch can stay in flight (a crashed replica's
         batch may be replayed much later), or a replay could apply twice.
+        "Older" is measured by the database's clock, which also wrote
+        ``applied_at``: a replica whose clock runs days ahead prunes nothing
+        another replica may still need.
         """
-        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
-        param = self._timestamp_param(cutoff)
-        return await self._run(
-            lambda tx: tx.execute(f"DELETE FROM {self._ledger_q} WHERE applied_at < %s", (param,))
-        )
+        sql, param = self._prune_sql(older_than_seconds)
+        return await self._run(lambda tx: tx.execute(sql, (param,)))
+
+    async def setup_once(self, name: str, fn: Callable[[Transaction], T]) -> T | None:
+        """Run start-up DDL ``fn(tx)`` once per process for ``name``; None once done.
+
+        ``fn`` looks in the catalog first (`Transaction.table_exists`,
+        `Transaction.index_exists`) and runs DDL only for what is missing:
+        ``CREATE … IF NOT EXISTS`` takes its lock before it checks, and on
+        PostgreSQL ``CREATE INDEX`` waits for every open write transaction
+        on the table while every later writer queues behind it. DDL runs
+        under a lock timeout of at most `DDL_LOCK_TIMEOUT` seconds (a timeout
+        is a transient error: the caller retries later, and so does the next
+        call). Once ``fn`` has succeeded, later calls (a worker restarted
+        after a Redis blip) return None at once, without a round trip.
+        """
+        lock = self._setup_done.setdefault(name, trio.Lock())
+        if lock is None:
+            return None
+        async with lock:
+            if self._setup_done.get(name) is None:
+                return None  # another task finished it meanwhile
+            wait = min(self.lock_timeout, DDL_LOCK_TIMEOUT)
+
+            def setup(tx: Transaction) -> T:
+                with tx._ddl_lock_wait(wait):
+                    return fn(tx)
+
+            result = await self._run(setup)
+            self._setup_done[name] = None
+            return result
 
     # -- one-statement conveniences -------------------------------------------------
 
@@ -818,9 +876,13 @@ class Database:
         """Whether ``conn`` answers a round trip (checked after long idleness)."""
         return True
 
-    def _timestamp_param(self, when: datetime) -> Any:
-        """A UTC instant as a parameter for the ledger's ``applied_at``."""
-        return when.astimezone(UTC).replace(tzinfo=None)
+    #: SQL for "now, in UTC", in the form ``applied_at`` holds.
+    now_sql: ClassVar[str]
+
+    def _prune_sql(self, older_than_seconds: float) -> tuple[str, Any]:
+        """The DELETE of ledger rows older than this by the database's clock,
+        and its one parameter."""
+        raise NotImplementedError
 
     def _timestamp_value(self, value: Any) -> datetime:
         """``applied_at`` as read back, as an aware UTC datetime."""
@@ -828,14 +890,15 @@ class Database:
             value = datetime.fromisoformat(value)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
+    def _cancel_statement(self, conn: Any) -> None:
+        """Ask the server to cancel what ``conn`` runs now (from another thread)."""
+
     # -- the thread hop -------------------------------------------------------------
 
     async def _run(self, work: Callable[[Transaction], T], *, readonly: bool = False) -> T:
         """One hop to a worker thread that runs ``work`` in one transaction."""
         try:
-            return await trio.to_thread.run_sync(
-                self._run_in_thread, work, readonly, limiter=self.limiter
-            )
+            return await self._hop(work, readonly)
         except BaseException as exc:
             if self.on_error is not None and isinstance(
                 exc, DatabaseUnavailable | self.driver_error
@@ -844,19 +907,86 @@ class Database:
                     self.on_error(exc)
             raise
 
-    def _run_in_thread(self, work: Callable[[Transaction], T], readonly: bool) -> T:
+    async def _hop(self, work: Callable[[Transaction], T], readonly: bool) -> T:
+        """Run ``work`` in a worker thread under the limiter and wait for it.
+
+        Cancelled while the thread runs (the shutdown deadline passed), the
+        caller first lets the statement finish for up to `CANCEL_AFTER`
+        seconds, then cancels it on the server, and asks again should a
+        request land between two statements; it returns (raising Cancelled)
+        only once the thread is done. So a statement blocked on a lock held
+        by an open transaction elsewhere cannot hold shutdown, and still no
+        thread is ever left running with a connection. ``trio.to_thread``
+        has no hook for "cancel requested", hence the thread is started
+        with the lower-level `trio.lowlevel.start_thread_soon`.
+        """
+        call = _Call()
+        async with self.limiter:
+            done = trio.Event()
+            answer: list[Any] = []
+            token = trio.lowlevel.current_trio_token()
+
+            def deliver(result: Any) -> None:  # in the worker thread
+                answer.append(result)
+                token.run_sync_soon(done.set)
+
+            trio.lowlevel.start_thread_soon(
+                lambda: self._run_in_thread(work, readonly, call), deliver,
+                name=f"syncd database {self.name}")
+            try:
+                await done.wait()
+            except trio.Cancelled:
+                with trio.CancelScope(shield=True):
+                    while True:
+                        with trio.move_on_after(CANCEL_AFTER):
+                            await done.wait()
+                        if done.is_set():
+                            break
+                        await trio.to_thread.run_sync(self._cancel_call, call)
+                raise
+        return answer[0].unwrap()  # type: ignore[no-any-return]
+
+    def _cancel_call(self, call: _Call) -> None:
+        """Cancel the statement ``call``'s thread runs, if any (in a thread)."""
+        with call.lock:
+            # Held throughout: the connection cannot go back to the pool (and
+            # on to another caller) while a cancel request for it is under way.
+            call.cancelled = True
+            if call.conn is None:
+                return
+            log.info("cancelling a statement whose caller was cancelled",
+                     extra={"database": self.name})
+            try:
+                self._cancel_statement(call.conn)
+            except Exception as exc:
+                log.warning("could not cancel a statement on the server",
+                            extra={"database": self.name, "error": self._scrub(str(exc))})
+
+    def _run_in_thread(self, work: Callable[[Transaction], T], readonly: bool, call: _Call) -> T:
         conn = self._checkout()
+        with call.lock:
+            if call.cancelled:  # the caller is gone already: do nothing
+                self._release(conn, discard=False)
+                raise _CallCancelled
+            call.conn = conn
         try:
             if not self._ledger_ready:
                 self._ensure_ledger(conn)
             result = self._transact(conn, work, readonly)
         except BaseException as exc:
-            self._release(conn, discard=self._discards(exc) or not self._usable(conn))
+            discard = self._discards(exc) or not self._usable(conn)
+            self._release_call(call, conn, discard)
             if self._is_connection_error(exc):
                 raise self._unavailable(exc) from exc
             raise
-        self._release(conn, discard=False)
+        self._release_call(call, conn, False)
         return result
+
+    def _release_call(self, call: _Call, conn: Any, discard: bool) -> None:
+        with call.lock:
+            call.conn = None
+            # A cancel request may still be on its way: never reuse the connection.
+            self._release(conn, discard=discard or call.cancelled)
 
     def _transact(self, conn: Any, work: Callable[[Transaction], T], readonly: bool) -> T:
         """Run ``work`` in one transaction and commit; run it once more,
@@ -892,14 +1022,22 @@ class Database:
         raise AssertionError("unreachable")
 
     def _ensure_ledger(self, conn: Any) -> None:
-        """Create the ledger table once per Database (IF NOT EXISTS: replicas race).
+        """Create the ledger table if the catalog lacks it, once per Database.
 
+        Looked up first (no DDL, so no lock, when it exists), created under
+        a short lock timeout (IF NOT EXISTS still: replicas race).
         Serialised by a lock so that this process's own threads do not race
         each other on the catalog (PostgreSQL can fail a concurrent CREATE).
         """
+
+        def ensure(tx: Transaction) -> None:
+            if not tx.table_exists(self.ledger_table):
+                with tx._ddl_lock_wait(min(self.lock_timeout, DDL_LOCK_TIMEOUT)):
+                    tx.execute(self._ledger_ddl())
+
         with self._ledger_lock:
             if not self._ledger_ready:
-                self._transact(conn, lambda tx: tx.execute(self._ledger_ddl()), readonly=False)
+                self._transact(conn, ensure, readonly=False)
                 self._ledger_ready = True
 
     def _checkout(self) -> Any:
@@ -934,14 +1072,29 @@ class Database:
         with contextlib.suppress(Exception):
             conn.close()
 
+    def _scrub(self, message: str) -> str:
+        """``message`` with every secret of our URL masked."""
+        return scrub(message, self.url)
+
     def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
-        message = str(exc).strip() or type(exc).__name__
-        password = urlsplit(self.url).password
-        if password:
-            message = message.replace(password, "***")
+        message = self._scrub(str(exc).strip() or type(exc).__name__)
         return DatabaseUnavailable(
             f"database {self.name!r} ({mask_url(self.url)}) unavailable: {message}"
         )
+
+
+@attrs.define(eq=False)
+class _Call:
+    """The connection one `Database._run` call's thread is using, so that a
+    cancelled caller can have its statement cancelled on the server."""
+
+    lock: threading.Lock = attrs.Factory(threading.Lock)
+    conn: Any = None
+    cancelled: bool = False
+
+
+class _CallCancelled(Exception):
+    """The caller was cancelled before its thread had a connection."""
 
 
 def _check_ledger_key(what: str, value: str) -> None:

@@ -24,6 +24,8 @@ about 70k; inserts are on par with pymysql's executemany.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
@@ -72,6 +74,9 @@ _ROW_ERRNOS = frozenset({
     3819,  # MySQL: check constraint violated
     4025,  # MariaDB: check constraint failed
 })
+
+#: Transient errors after which the connection itself is fine.
+_KEEP_CONNECTION_ERRNOS = frozenset({1205, 1213, 1317, 1969, 3024})
 
 _URL_OPTIONS = {
     "unix_socket": str,
@@ -430,6 +435,18 @@ class MySQLTransaction(Transaction):
         start = chunk.indexes.start
         return [start + j for j in present]
 
+    @contextlib.contextmanager
+    def _ddl_lock_wait(self, seconds: float) -> Iterator[None]:
+        # DDL commits by itself on MySQL: session settings, put back afterwards.
+        db: MySQLDatabase = self._db  # type: ignore[assignment]
+        cur = self._cursor()
+        cur.execute(db._lock_settings(seconds))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # a broken connection is discarded
+                cur.execute(db._lock_settings(db.lock_timeout))
+
     def _table_exists(self, schema: str | None, name: str) -> bool:
         rows = self.fetchall(
             "SELECT 1 FROM information_schema.TABLES "
@@ -490,9 +507,9 @@ class MySQLDatabase(Database):
             "password": unquote(parts.password) if parts.password else "",
             "database": database,
             "connect_timeout": self.connect_timeout,
-            # A statement may wait up to innodb_lock_wait_timeout (50 s); a
-            # peer that vanished must not hold a thread forever either.
-            "read_timeout": 120.0,
+            # A statement may wait up to lock_timeout for a lock; a peer that
+            # vanished must not hold a thread forever either.
+            "read_timeout": max(120.0, self.lock_timeout + 60.0),
             "write_timeout": 120.0,
         }
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -504,6 +521,10 @@ class MySQLDatabase(Database):
                 params[key] = _URL_OPTIONS[key](value)
             except ValueError:
                 raise ValueError(f"invalid value for MySQL URL option {key!r}: {value!r}") from None
+            # pymysql refuses these only when it connects.
+            if key.endswith("_timeout") and not 0 < params[key] <= 31536000:
+                raise ValueError(f"MySQL URL option {key!r} must be more than 0 and at most "
+                                 f"31536000 (seconds), got {value!r}")
         self._params = params
 
     def _open(self) -> pymysql.connections.Connection:
@@ -523,6 +544,14 @@ class MySQLDatabase(Database):
                 )
                 # As on PostgreSQL: fewer gap locks, so fewer deadlocks between replicas.
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                # Bounded lock waits, row locks and metadata locks alike (the
+                # server defaults are 50 s and a year); on MariaDB a session
+                # idle inside a transaction (a replica frozen mid-batch) is
+                # ended, which frees its locks. Session settings only.
+                cur.execute(self._lock_settings(self.lock_timeout))
+                if "mariadb" in conn.get_server_info().lower():
+                    cur.execute("SET SESSION idle_transaction_timeout = %s",
+                                (math.ceil(self.idle_transaction_timeout),))
                 cur.execute("SELECT VERSION(), @@max_allowed_packet")
                 version, max_packet = cur.fetchone()
             conn.commit()
@@ -543,6 +572,39 @@ class MySQLDatabase(Database):
             "PRIMARY KEY (plugin, batch_id)"
             ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
         )
+
+    now_sql: ClassVar[str] = "UTC_TIMESTAMP(6)"
+
+    def _prune_sql(self, older_than_seconds: float) -> tuple[str, Any]:
+        return (f"DELETE FROM {self._ledger_q} WHERE applied_at <= "
+                f"{self.now_sql} - INTERVAL %s MICROSECOND", round(older_than_seconds * 1e6))
+
+    @staticmethod
+    def _lock_settings(seconds: float) -> str:
+        """SET statement for lock waits of at most ``seconds`` (whole, at least 1)."""
+        whole = max(1, math.ceil(seconds))
+        return (f"SET SESSION innodb_lock_wait_timeout = {whole}, "
+                f"SESSION lock_wait_timeout = {whole}")
+
+    def _cancel_statement(self, conn: Any) -> None:
+        # KILL QUERY ends the statement, not the session; from a connection
+        # of its own, since this one is busy.
+        killer = pymysql.connect(**{**self._params, "read_timeout": self.connect_timeout,
+                                    "write_timeout": self.connect_timeout})
+        try:
+            with killer.cursor() as cur:
+                cur.execute("KILL QUERY %s", (conn.thread_id(),))
+        except pymysql.MySQLError as exc:
+            if not (exc.args and exc.args[0] == 1094):  # unknown thread: it ended
+                raise
+        finally:
+            killer.close()
+
+    def _discards(self, exc: BaseException) -> bool:
+        if isinstance(exc, pymysql.MySQLError) and exc.args[:1] and (
+                exc.args[0] in _KEEP_CONNECTION_ERRNOS):
+            return False
+        return self._is_connection_error(exc)
 
     def _is_connection_error(self, exc: BaseException) -> bool:
         if isinstance(exc, pymysql.err.InterfaceError | OSError):

@@ -10,7 +10,9 @@ UPDATE`` per batch, whatever its size (~100-130k rows/s vs ~40-50k).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -32,7 +34,21 @@ _TRANSIENT = (
     psycopg.OperationalError,
     psycopg.InterfaceError,
     psycopg.errors.ReadOnlySqlTransaction,  # a failover left us on a standby
+    psycopg.errors.IdleInTransactionSessionTimeout,  # we were frozen mid-transaction
     OSError,
+)
+
+#: libpq options whose values must be whole numbers.
+_INTEGER_OPTIONS = ("connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
+                    "keepalives_count", "tcp_user_timeout")
+_SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+
+#: Transient errors after which the connection itself is fine.
+_KEEP_CONNECTION = (
+    psycopg.errors.LockNotAvailable,  # lock_timeout
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.QueryCanceled,  # statement_timeout (our own cancels discard it)
 )
 
 
@@ -145,6 +161,12 @@ class PostgresTransaction(Transaction):
         )
         return total - inserted, inserted
 
+    @contextlib.contextmanager
+    def _ddl_lock_wait(self, seconds: float) -> Iterator[None]:
+        # SET LOCAL: the transaction's end restores the session's own.
+        self._cursor().execute(f"SET LOCAL lock_timeout = '{_ms(seconds)}ms'")
+        yield
+
     def _table_exists(self, schema: str | None, name: str) -> bool:
         rows = self.fetchall(
             "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
@@ -194,6 +216,19 @@ class PostgresDatabase(Database):
             params = psycopg.conninfo.conninfo_to_dict(self.url)
         except psycopg.Error as exc:
             raise ValueError(f"invalid PostgreSQL URL: {exc}") from None
+        # libpq reads these values only when it connects: a wrong one would
+        # be an endless "unavailable" instead of a config error.
+        for port in str(params.get("port") or "").split(","):
+            if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+                raise ValueError(f"invalid port in PostgreSQL URL: {port!r}")
+        for key in _INTEGER_OPTIONS:
+            value = str(params.get(key, "0")).strip()
+            if not value.lstrip("-").isdigit():
+                raise ValueError(f"PostgreSQL URL option {key!r} must be a whole number, "
+                                 f"got {value!r}")
+        if str(params.get("sslmode", "prefer")) not in _SSLMODES:
+            raise ValueError(f"PostgreSQL URL option 'sslmode' must be one of "
+                             f"{', '.join(sorted(_SSLMODES))}, got {params['sslmode']!r}")
         # libpq's defaults for these are "forever": a dead peer would hold a
         # thread (and a connection) until the kernel gives up, many minutes on.
         params.setdefault("connect_timeout", max(2, round(self.connect_timeout)))
@@ -205,7 +240,25 @@ class PostgresDatabase(Database):
         self._conninfo = params
 
     def _open(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(autocommit=False, **self._conninfo)
+        conn = psycopg.connect(autocommit=False, **self._conninfo)
+        try:
+            # Bounded lock waits for every statement of this session (the
+            # server's default waits for ever), and a session idle inside a
+            # transaction (a replica frozen mid-batch) is ended by the server,
+            # which frees its locks. Session settings, never server-global ones.
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, false), "
+                "set_config('idle_in_transaction_session_timeout', %s, false)",
+                (f"{_ms(self.lock_timeout)}ms", f"{_ms(self.idle_transaction_timeout)}ms"),
+            )
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _cancel_statement(self, conn: Any) -> None:
+        conn.cancel_safe(timeout=self.connect_timeout)
 
     def _ledger_ddl(self) -> str:
         # applied_at holds UTC (syncd writes it); TIMESTAMP as the spec of
@@ -217,6 +270,12 @@ class PostgresDatabase(Database):
             "PRIMARY KEY (plugin, batch_id))"
         )
 
+    now_sql: ClassVar[str] = "(now() AT TIME ZONE 'UTC')"
+
+    def _prune_sql(self, older_than_seconds: float) -> tuple[str, Any]:
+        return (f"DELETE FROM {self._ledger_q} WHERE applied_at <= "
+                f"{self.now_sql} - %s * interval '1 second'", float(older_than_seconds))
+
     def _ensure_ledger(self, conn: Any) -> None:
         try:
             super()._ensure_ledger(conn)
@@ -226,6 +285,9 @@ class PostgresDatabase(Database):
 
     def _is_connection_error(self, exc: BaseException) -> bool:
         return isinstance(exc, _TRANSIENT)
+
+    def _discards(self, exc: BaseException) -> bool:
+        return self._is_connection_error(exc) and not isinstance(exc, _KEEP_CONNECTION)
 
     def _is_row_error(self, exc: BaseException) -> bool:
         # DataError includes psycopg's own "cannot contain NUL (0x00) bytes";
@@ -247,6 +309,11 @@ class PostgresDatabase(Database):
         except psycopg.Error:
             return False
         return True
+
+
+def _ms(seconds: float) -> int:
+    """Whole milliseconds, at least 1 (0 would mean "no limit" to PostgreSQL)."""
+    return max(1, math.ceil(seconds * 1000))
 
 
 def _int_array(values: Sequence[Any]) -> Any:

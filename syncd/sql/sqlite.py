@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
@@ -140,13 +140,21 @@ class SQLiteDatabase(Database):
             )
         path = self.url[len(prefix):]
         if not path or "?" in path:
-            raise ValueError(f"a SQLite URL needs a file path (and no options): {self.url!r}")
+            raise ValueError("a SQLite URL needs a file path, and takes no options (no '?')")
         self.path = path
+
+    @property
+    def folder(self) -> Path | None:
+        """The directory the file goes in (None for ``:memory:``); sqlite3
+        cannot create it, so the config checks it exists."""
+        if self.path == ":memory:":
+            return None
+        return Path(self.path).parent
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path,
-            timeout=self.connect_timeout,  # how long to wait for another writer's lock
+            timeout=self.lock_timeout,  # how long to wait for another writer's lock
             isolation_level=None,  # syncd issues BEGIN itself
             check_same_thread=False,  # handed from thread to thread, one at a time
         )
@@ -159,6 +167,9 @@ class SQLiteDatabase(Database):
             conn.close()
             raise
         return conn
+
+    def _cancel_statement(self, conn: Any) -> None:
+        conn.interrupt()  # documented as callable from another thread
 
     def _ledger_ddl(self) -> str:
         return (
@@ -187,6 +198,11 @@ class SQLiteDatabase(Database):
             exc, sqlite3.IntegrityError | sqlite3.DataError | UnicodeEncodeError | OverflowError
         )
 
-    def _timestamp_param(self, when: datetime) -> str:
-        # ISO text sorts chronologically, so prune_ledger's < works on it.
-        return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    # ISO text sorts chronologically, so prune_ledger's < works on it (rows
+    # written before with microseconds compare right to the millisecond).
+    now_sql: ClassVar[str] = "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
+
+    def _prune_sql(self, older_than_seconds: float) -> tuple[str, Any]:
+        return (f"DELETE FROM {self._ledger_q} WHERE applied_at <= "
+                "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %s)",
+                f"-{float(older_than_seconds):f} seconds")

@@ -373,7 +373,8 @@ class TrafficWorker:
     # -- the table ------------------------------------------------------------------------
 
     async def _ensure_table(self) -> None:
-        created = await self.db.transaction(self._create_table)
+        # Once per process, catalog first, DDL under a short lock timeout.
+        created = await self.db.setup_once(f"traffic:{self.config.table}", self._create_table)
         if created:
             self.ctx.log.warning(
                 "created the missing table; if an existing table was meant, check "

@@ -38,7 +38,7 @@ import trio
 import syncd
 from syncd_votes.config import VotesConfig
 from syncd_votes.metrics import VoteMetrics
-from syncd_votes.schema import COLUMNS, create_statements
+from syncd_votes.schema import COLUMNS, index_statements, table_statement
 from syncd_votes.validate import Invalid, Parsed, parse_batch, parse_timestamp
 
 
@@ -114,7 +114,7 @@ class VotesWorker:
         off and starts a fresh worker, which resumes from the processing lists.
         """
         if self.config.create_table:
-            await self.database.transaction(self._create_table)
+            await self.database.setup_once(f"votes:{self.config.table}", self._create_table)
         async with trio.open_nursery() as nursery:
             # Heartbeats first: registered and alive before anything is taken.
             for lane in self.lanes:
@@ -266,8 +266,12 @@ class VotesWorker:
             if answer is not None:
                 stored, dead = answer
             else:
-                entry = await self.database.ledger_entry(self.ctx.name, batch.id)
-                dead = _decode_detail(entry.detail if entry else None, parsed)
+                committed = await self._committed_dead(batch)
+                dead = parsed.invalid if committed is None else committed
+        elif batch.recovered and (committed := await self._committed_dead(batch)) is not None:
+            # Nothing is valid now, but the batch committed under an earlier
+            # config: its rows are in SQL, and only its dead letters go.
+            applied, dead = False, committed
         syncd.crash_point(self.ctx.name, "after_commit")
         letters = [
             syncd.DeadLetter(cfg.dead_letter, batch.items[position], reason, self.ctx.name,
@@ -311,6 +315,16 @@ class VotesWorker:
             self.ctx.name, batch.id, lambda tx: self._insert(tx, parsed, isolate=True),
             detail=detail)
 
+    async def _committed_dead(self, batch: syncd.Batch) -> list[tuple[int, str]] | None:
+        """The dead letters of ``batch`` if the ledger says it committed, else None.
+
+        They come from its ledger entry, never from validating the items
+        again: the config may have changed since (``allowed_votes``
+        narrowed), and an item that became a row must not be dead-lettered too.
+        """
+        entry = await self.database.ledger_entry(self.ctx.name, batch.id)
+        return None if entry is None else _decode_detail(entry.detail)
+
     def _insert(
         self, tx: syncd.Transaction, parsed: Parsed, *, isolate: bool
     ) -> tuple[list[str], list[tuple[int, str]]]:
@@ -334,8 +348,15 @@ class VotesWorker:
         return stored, dead
 
     def _create_table(self, tx: syncd.Transaction) -> None:
-        for statement in create_statements(tx.dialect, self.config.table):
-            tx.execute(statement)
+        """Create what the catalog lacks, nothing else: ``CREATE INDEX IF NOT
+        EXISTS`` would wait for every open write transaction on the table on
+        PostgreSQL, and queue every later writer behind it."""
+        table = self.config.table
+        if not tx.table_exists(table):
+            tx.execute(table_statement(tx.dialect, table))
+        for index, statement in index_statements(tx.dialect, table):
+            if not tx.index_exists(table, index):
+                tx.execute(statement)
 
     async def _lengths(self, *, dead: bool = False) -> list[int]:
         """[queued, in our processing lists(, dead letters)] in one round trip."""
@@ -375,12 +396,14 @@ def _encode_detail(dead: list[tuple[int, str]]) -> str | None:
     return json.dumps({"dead": dead}, ensure_ascii=False, separators=(",", ":"))
 
 
-def _decode_detail(detail: str | None, parsed: Parsed) -> list[tuple[int, str]]:
+def _decode_detail(detail: str | None) -> list[tuple[int, str]]:
     """The dead letters of a batch that committed before a crash, from its ledger entry.
 
-    Without a detail (written by something else), the validation of this
-    attempt is the best evidence: every valid item became a row.
+    Never from validating the items again: the config may have changed
+    since (``allowed_votes`` narrowed), and an item that became a row must
+    not be dead-lettered too. No detail means every item became a row
+    (`_encode_detail` writes one whenever there is a dead letter).
     """
     if not detail:
-        return parsed.invalid
+        return []
     return [(int(position), str(reason)) for position, reason in json.loads(detail)["dead"]]
