@@ -59,9 +59,19 @@ POD_NAME = "syncd-7d4b9c6f5d-x2k8q"
 PROBES = {"livenessProbe": "/health/live", "readinessProbe": "/health/ready"}
 
 
+#: Where the image keeps its state (Dockerfile WORKDIR, volumes).
+STATE_DIR = "/var/lib/syncd/"
+
+
 def load(path: Path, environ: dict[str, str]) -> tuple[Config, dict[str, Any]]:
     """What `syncd serve --config path` would run with ``environ``: the config
     and every enabled plugin's settings, validated against the installed plugins."""
+    # The image's state directory exists in the container, not on this
+    # machine, and a SQLite file whose directory is missing is a config error:
+    # the file's directory stands in for it.
+    state = f"{path.parent}/"
+    path.write_text(path.read_text().replace(STATE_DIR, state))
+    environ = {key: value.replace(STATE_DIR, state) for key, value in environ.items()}
     config = load_config(path, environ=environ)
     specs = {name: found.spec for name, found in discover(get_plugin_manager()).items()}
     return config, resolve_plugins(config, specs)
@@ -257,7 +267,7 @@ class TestKubernetesManifestsAgree:
         config_file.write_text(mounted_file(
             deployment, [manifest("ConfigMap", "syncd-config")],
             config_path(only_container(deployment)["args"])))
-        config = load_config(config_file, environ=pod_environment(deployment, secret, POD_NAME))
+        config, _ = load(config_file, pod_environment(deployment, secret, POD_NAME))
         urls = [config.redis.url, *config.databases.values()]
         ports = {int(m[1]) for url in urls if (m := re.search(r"@?[\w.-]+:(\d+)/", url))}
         assert ports == {6379, 3306, 5432}
