@@ -122,11 +122,17 @@ class IncrementResult:
         missing: Keys that were not applied: absent from the table (with
             ``insert_missing=False``), or not representable in the key
             column's type (e.g. ``"abc"`` for an integer key).
+        rejected: ``(key, database error message)`` for each key whose
+            increment the database refused (only with ``isolate=True``): the
+            sum would overflow the column, a negative delta into an unsigned
+            column, a key out of range for the key column, a CHECK
+            constraint... Not applied; every other key was.
     """
 
     updated: int
     inserted: int = 0
     missing: list[Any] = attrs.Factory(list)
+    rejected: list[tuple[Any, str]] = attrs.Factory(list)
 
 
 @attrs.frozen
@@ -160,6 +166,17 @@ class _Pessimistic(Exception):
     another writer: roll it all back and run it once more, locking first
     (`Transaction.pessimistic`). Cheaper than a savepoint around every
     optimistic step when the race is rare."""
+
+
+@attrs.frozen
+class _Increment:
+    """What every part of one isolating increment shares."""
+
+    table_q: str
+    key_q: str
+    key_type: str
+    cols_q: list[str]
+    insert_missing: bool
 
 
 class _Unrepresentable:
@@ -308,6 +325,7 @@ class Transaction:
         rows: Sequence[Sequence[Any]],
         *,
         insert_missing: bool = False,
+        isolate: bool = False,
     ) -> IncrementResult:
         """Add each row's deltas to the row with its key: ``c = COALESCE(c, 0) + delta``.
 
@@ -327,6 +345,18 @@ class Transaction:
         accept a row with only these columns). Otherwise absent keys are not
         inserted but returned in `IncrementResult.missing`, for the plugin
         to quarantine.
+
+        With ``isolate=True``, a batch the database refuses because of one
+        key's data (see `IncrementResult.rejected`) is bisected under
+        SAVEPOINTs, as `insert_ignore` does: the refused keys are reported
+        with the database's reason and every other key is applied, in this
+        same transaction. A batch without a refused key costs one SAVEPOINT
+        more. Errors that are not about the data (connection lost, deadlock,
+        lock timeout) always propagate, so the caller retries rather than
+        quarantine good counters. Without it, the first refusal propagates.
+        SQLite would silently turn a sum that overflows 64 bits into a REAL
+        (and lose the exact count for ever); syncd refuses it instead, as
+        the other databases do.
         """
         table_q = self.quote(table)
         key_q = self.quote_column(key_column)
@@ -341,6 +371,11 @@ class Transaction:
             return IncrementResult(0, 0, unrepresentable)
         keys = list(merged)
         deltas = list(merged.values())
+        if isolate:
+            return self._increment_isolating(
+                _Increment(table_q, key_q, key_type, cols_q, insert_missing),
+                keys, deltas, unrepresentable,
+            )
         if insert_missing:
             updated, inserted = self._upsert_increment(
                 table_q, key_q, key_type, cols_q, keys, deltas
@@ -453,6 +488,52 @@ class Transaction:
         return self._insert_isolating(
             table_q, cols_q, rows[:middle], offset, rejected
         ) + self._insert_isolating(table_q, cols_q, rows[middle:], offset + middle, rejected)
+
+    def _increment_isolating(
+        self, call: _Increment, keys: list[Any], deltas: list[list[int]],
+        unrepresentable: list[Any],
+    ) -> IncrementResult:
+        """`increment` with the keys the database refuses bisected out.
+
+        One refused key among n costs O(log n) statements of shrinking size,
+        each under its own SAVEPOINT; a batch the database accepts costs one
+        SAVEPOINT and its RELEASE more than a plain increment.
+        """
+        counts = [0, 0]  # updated, inserted
+        missing: list[Any] = []
+        rejected: list[tuple[Any, str]] = []
+
+        def apply(lo: int, hi: int) -> None:
+            part_keys, part_deltas = keys[lo:hi], deltas[lo:hi]
+            try:
+                with self._savepoint():
+                    if call.insert_missing:
+                        updated, inserted = self._upsert_increment(
+                            call.table_q, call.key_q, call.key_type, call.cols_q,
+                            part_keys, part_deltas)
+                    else:
+                        found = self._update_existing(
+                            call.table_q, call.key_q, call.key_type, call.cols_q,
+                            part_keys, part_deltas)
+            except Exception as exc:
+                if not self._db._is_row_error(exc):
+                    raise
+                if hi - lo == 1:
+                    rejected.append((keys[lo], self._db._error_message(exc)))
+                    return
+                middle = (lo + hi) // 2
+                apply(lo, middle)
+                apply(middle, hi)
+                return
+            if call.insert_missing:
+                counts[0] += updated
+                counts[1] += inserted
+            else:
+                counts[0] += len(found)
+                missing.extend(key for i, key in enumerate(part_keys) if i not in found)
+
+        apply(0, len(keys))
+        return IncrementResult(counts[0], counts[1], unrepresentable + missing, rejected)
 
     @contextlib.contextmanager
     def _savepoint(self) -> Iterator[None]:
@@ -766,10 +847,12 @@ class Database:
         rows: Sequence[Sequence[Any]],
         *,
         insert_missing: bool = False,
+        isolate: bool = False,
     ) -> IncrementResult:
         """`Transaction.increment` in a transaction of its own."""
         return await self._run(
-            lambda tx: tx.increment(table, key_column, columns, rows, insert_missing=insert_missing)
+            lambda tx: tx.increment(table, key_column, columns, rows,
+                                    insert_missing=insert_missing, isolate=isolate)
         )
 
     async def execute(self, sql: str, params: Sequence[Any] | None = None) -> int:

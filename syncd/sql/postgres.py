@@ -10,6 +10,7 @@ UPDATE`` per batch, whatever its size (~100-130k rows/s vs ~40-50k).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -24,6 +25,8 @@ from syncd.sql.base import Database, Dialect, Transaction
 COPY_MIN_ROWS = 100
 
 _INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
+#: A type modifier in a ``format_type`` name: ``(255)`` in ``character varying(255)``.
+_TYPMOD = re.compile(r"\([^)]*\)")
 
 #: Errors that say "the server is away or refuses work for now", beyond
 #: OperationalError (which covers lost connections, admin shutdown, timeouts,
@@ -78,7 +81,9 @@ class PostgresTransaction(Transaction):
         Casting to the column's own type (not just bigint or text) lets keys
         match uuid or varchar keys too, and uses the key's index.
         """
-        casts = [f"%s::{key_type}[]"] + ["%s::bigint[]"] * len(deltas[0])
+        # Without the type modifier: an explicit cast to varchar(8) would
+        # truncate a longer key in silence and credit the row it then matches.
+        casts = [f"%s::{_TYPMOD.sub('', key_type)}[]"] + ["%s::bigint[]"] * len(deltas[0])
         params: list[Any] = [_int_array(keys), *map(_int_array, zip(*deltas, strict=True))]
         return ", ".join(casts), params
 
