@@ -43,12 +43,15 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 #: A hash counter's fields: the flat ``[field, value, ...]`` list of a
 #: snapshot, or (general path) a decoded field → value mapping.
 Fields = list[bytes] | Mapping[str, bytes]
-_INTEGER = re.compile(rb"^-?[0-9]{1,19}$")
-_ID = re.compile(r"^-?[0-9]{1,19}$")
+# Used with fullmatch: ``$`` would also match before a trailing newline,
+# and int() then accepts b"5\n" as 5.
+_INTEGER = re.compile(rb"-?[0-9]{1,19}")
+_ID = re.compile(r"-?[0-9]{1,19}")
 
 #: Reason labels for the ``traffic_dead_lettered_total`` metric.
 BAD_ID, BAD_VALUE = "bad_id", "bad_value"
 UNKNOWN_FIELD, MISSING_ROW = "unknown_field", "missing_row"
+REFUSED = "refused"
 
 
 @attrs.frozen
@@ -107,7 +110,7 @@ def node_id(key: str, config: TrafficConfig) -> int | None:
 def _id(text: str) -> int | None:
     if text.isdigit() and text.isascii() and len(text) <= 18:
         return int(text)
-    if not _ID.match(text):
+    if not _ID.fullmatch(text):
         return None
     value = int(text)
     return value if INT64_MIN <= value <= INT64_MAX else None
@@ -118,7 +121,7 @@ def _integer(raw: bytes) -> int | None:
     # fit a BIGINT. Anything else takes the strict check.
     if raw.isdigit() and len(raw) <= 18:
         return int(raw)
-    if not _INTEGER.match(raw):
+    if not _INTEGER.fullmatch(raw):
         return None
     value = int(raw)
     return value if INT64_MIN <= value <= INT64_MAX else None
@@ -215,6 +218,20 @@ def missing_letters(
     return letters
 
 
+def refused_letters(
+    judged: Judged, refused: Sequence[tuple[int, str]], config: TrafficConfig, plugin: str,
+) -> list[Letter]:
+    """Dead letters for node ids whose increment the database refused, with its reason."""
+    letters = []
+    for nid, reason in refused:
+        for key, fields in judged.sources.get(int(nid), ()):
+            letters.append(_letter(
+                REFUSED, config, plugin, key, fields,
+                f"the database refused to add it to {config.table} ({config.id_column} = "
+                f"{nid}): {reason}"))
+    return letters
+
+
 def _decoded(fields: Fields) -> dict[str, bytes]:
     """Field names as text, values still raw."""
     if isinstance(fields, Mapping):
@@ -231,7 +248,9 @@ def _letter(
         {"key": _text(key), "values": {f: _text(v) for f, v in _decoded(fields).items()}},
         separators=(",", ":"),
     )
-    return Letter(kind, syncd.DeadLetter(config.dead_letter, payload, reason, plugin))
+    # source: the counter's own key, where a requeue would put it back.
+    return Letter(kind, syncd.DeadLetter(config.dead_letter, payload, reason, plugin,
+                                         source=_text(key)))
 
 
 def _text(value: bytes) -> str:

@@ -37,7 +37,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 import syncd
 from syncd_traffic.config import TrafficConfig
-from syncd_traffic.judge import Judged, Letter, judge, missing_letters
+from syncd_traffic.judge import Judged, Letter, judge, missing_letters, refused_letters
 
 #: Seconds between two counts of the pending keys (each walks the keyspace).
 BACKLOG_REFRESH = 60.0
@@ -282,40 +282,49 @@ class TrafficWorker:
     async def _release(self, taken: Taken) -> syncd.SyncResult:
         """Stage 2: apply a snapshot exactly once, then release it with its dead letters."""
         config, name = self.config, self.ctx.name
-        applied, missing = False, []
+        outcome = Outcome()
         if taken.rows:
-            applied, missing = await self._apply(taken)
-        letters = taken.judged.letters + missing_letters(taken.judged, missing, config, name)
+            outcome = await self._apply(taken)
+        letters = (taken.judged.letters
+                   + missing_letters(taken.judged, outcome.missing, config, name)
+                   + refused_letters(taken.judged, outcome.refused, config, name))
         syncd.crash_point(name, "after_commit")
         await taken.lane.commit(taken.snapshot, [letter.entry for letter in letters])
-        return self._account(taken, applied, missing, letters)
+        return self._account(taken, outcome, letters)
 
-    async def _apply(self, taken: Taken) -> tuple[bool, list[int]]:
-        """Add the deltas under the snapshot's id: (applied now?, ids with no row)."""
+    async def _apply(self, taken: Taken) -> Outcome:
+        """Add the deltas under the snapshot's id."""
         snapshot_id = taken.snapshot.id
-        applied, missing = await self.db.apply_batch(
+        applied, outcome = await self.db.apply_batch(
             self.ctx.name, snapshot_id, functools.partial(self._increment, taken.rows))
         if applied:
-            return True, missing or []
-        # Applied before a crash: the ids that had no row are in the ledger.
+            assert outcome is not None
+            return outcome
+        # Applied before a crash: the ids it could not apply are in the ledger.
         entry = await self.db.ledger_entry(self.ctx.name, snapshot_id)
-        return False, _missing_from_detail(entry.detail if entry is not None else None)
+        return Outcome.from_detail(entry.detail if entry is not None else None)
 
-    def _increment(self, rows: list[tuple[int, ...]], tx: syncd.Transaction) -> list[int]:
-        """Inside the transaction (a worker thread): the UPDATEs, and the ledger detail."""
+    def _increment(self, rows: list[tuple[int, ...]], tx: syncd.Transaction) -> Outcome:
+        """Inside the transaction (a worker thread): the UPDATEs, and the ledger detail.
+
+        ``isolate``: a node the database refuses (its sum would overflow the
+        column, a CHECK constraint...) is set aside with the database's
+        reason rather than fail the whole batch for ever.
+        """
         config = self.config
         result = tx.increment(
             config.table, config.id_column, list(config.columns), rows,
-            insert_missing=config.insert_missing,
+            insert_missing=config.insert_missing, isolate=True,
         )
-        missing = sorted(int(nid) for nid in result.missing)
-        if missing:
-            tx.ledger_detail = json.dumps({"missing": missing}, separators=(",", ":"))
-        return missing
+        outcome = Outcome(
+            applied=True,
+            missing=sorted(int(nid) for nid in result.missing),
+            refused=sorted((int(nid), reason) for nid, reason in result.rejected),
+        )
+        tx.ledger_detail = outcome.detail()
+        return outcome
 
-    def _account(
-        self, taken: Taken, applied: bool, missing: list[int], letters: list[Letter],
-    ) -> syncd.SyncResult:
+    def _account(self, taken: Taken, outcome: Outcome, letters: list[Letter]) -> syncd.SyncResult:
         reasons = collections.Counter(letter.kind for letter in letters)
         for reason, count in reasons.items():
             self.metrics.dead_lettered.labels(reason).inc(count)
@@ -323,10 +332,11 @@ class TrafficWorker:
             self.ctx.log.warning("quarantined node counters", extra={
                 "dead_letter": self.config.dead_letter, **reasons,
                 "examples": [json.loads(letter.entry.payload)["key"] for letter in letters[:3]]})
-        nodes = len(taken.rows) - len(missing)
+        applied, left_out = outcome.applied, outcome.left_out
+        nodes = len(taken.rows) - len(left_out)
         if applied:
             deltas = taken.judged.deltas
-            flushed = taken.judged.bytes - sum(sum(deltas[nid]) for nid in missing)
+            flushed = taken.judged.bytes - sum(sum(deltas[nid]) for nid in left_out)
             self._bytes += flushed
             self.metrics.nodes_flushed.inc(nodes)
             self.metrics.bytes_flushed.inc(flushed)
@@ -368,10 +378,45 @@ class TrafficWorker:
         return True
 
 
-def _missing_from_detail(detail: Any) -> list[int]:
-    if not detail:
-        return []
-    return [int(nid) for nid in json.loads(detail).get("missing", [])]
+@attrs.frozen
+class Outcome:
+    """What applying a snapshot did to its nodes.
+
+    Attributes:
+        applied: Applied by this call (False: there was nothing to apply, or
+            it was applied before a crash and only its ledger detail is known).
+        missing: Node ids with no row.
+        refused: ``(node id, database reason)`` for the increments the
+            database refused.
+    """
+
+    applied: bool = False
+    missing: list[int] = attrs.Factory(list)
+    refused: list[tuple[int, str]] = attrs.Factory(list)
+
+    @property
+    def left_out(self) -> list[int]:
+        return self.missing + [nid for nid, _ in self.refused]
+
+    def detail(self) -> str | None:
+        """For the ledger: what a replay after a crash needs to rebuild the dead letters."""
+        detail: dict[str, Any] = {}
+        if self.missing:
+            detail["missing"] = self.missing
+        if self.refused:
+            detail["refused"] = [list(pair) for pair in self.refused]
+        return json.dumps(detail, separators=(",", ":")) if detail else None
+
+    @classmethod
+    def from_detail(cls, detail: Any) -> Outcome:
+        if not detail:
+            return cls()
+        parsed = json.loads(detail)
+        return cls(
+            applied=False,
+            missing=[int(nid) for nid in parsed.get("missing", [])],
+            refused=[(int(nid), str(reason)) for nid, reason in parsed.get("refused", [])],
+        )
 
 
 def _first_error(group: BaseExceptionGroup) -> Exception | None:
