@@ -421,6 +421,35 @@ class TestIncrementRefused:
         assert await rows_of(db, table, "id, n") == [(1, 0), (2, 0)]
 
 
+class TestIncrementTotals:
+    """totals=True: the new values of every key applied, read in the same transaction."""
+
+    @pytest.mark.parametrize("isolate", [False, True])
+    async def test_update_existing(
+        self, db: Database, make_table: MakeTable, isolate: bool
+    ) -> None:
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, 10, 0), (2, NULL, 5)")
+        result = await db.increment(table, "id", ["n", "m"], [(1, 5, 1), (2, 3, 0), (9, 1, 1)],
+                                    isolate=isolate, totals=True)
+        assert result.totals == {1: (15, 1), 2: (3, 5)}
+        assert result.missing == [9]
+
+    async def test_insert_missing_and_refused(self, db: Database, make_table: MakeTable) -> None:
+        table = await make_table("k VARCHAR(20) PRIMARY KEY, n BIGINT NOT NULL DEFAULT 0")
+        await db.execute(f"INSERT INTO {table} (k, n) VALUES ('a', {2**63 - 1}), ('b', 1)")
+        result = await db.increment(table, "k", ["n"], [("a", 1), ("b", 2), ("c", 3)],
+                                    insert_missing=True, isolate=True, totals=True)
+        assert result.totals == {"b": (3,), "c": (3,)}
+        assert [key for key, _ in result.rejected] == ["a"]
+
+    async def test_without_totals_none_are_read(self, db: Database, make_table: MakeTable) -> None:
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, 1, 1)")
+        result = await db.increment(table, "id", ["n"], [(1, 1)])
+        assert result.totals == {}
+
+
 class TestLedger:
     """apply_batch applies each batch id once, even when replayed or raced."""
 

@@ -43,6 +43,9 @@ T = TypeVar("T")
 
 #: How long a ledger ``plugin`` or ``batch_id`` may be (the columns are VARCHAR(100)).
 LEDGER_KEY_MAX = 100
+#: Keys per ``SELECT … IN (…)`` when reading totals back (below SQLite's
+#: parameter limit of old versions, 999).
+TOTALS_CHUNK = 900
 
 _IDENTIFIER_PART = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 _IDENTIFIER = re.compile(rf"^{_IDENTIFIER_PART}(?:\.{_IDENTIFIER_PART})?$")
@@ -127,12 +130,15 @@ class IncrementResult:
             sum would overflow the column, a negative delta into an unsigned
             column, a key out of range for the key column, a CHECK
             constraint... Not applied; every other key was.
+        totals: key → the new values of ``columns`` for every key applied
+            (only with ``totals=True``), read in the same transaction.
     """
 
     updated: int
     inserted: int = 0
     missing: list[Any] = attrs.Factory(list)
     rejected: list[tuple[Any, str]] = attrs.Factory(list)
+    totals: dict[Any, tuple[int, ...]] = attrs.Factory(dict)
 
 
 @attrs.frozen
@@ -208,6 +214,8 @@ class Transaction:
     dialect: ClassVar[Dialect]
     #: The character that quotes identifiers in this dialect.
     quote_char: ClassVar[str] = '"'
+    #: Whether the increment statements fill ``_totals`` themselves (RETURNING).
+    returns_totals: ClassVar[bool] = False
 
     _db: Database
     _conn: Any
@@ -217,6 +225,8 @@ class Transaction:
     #: transaction whose optimistic path lost a race (see `_Pessimistic`).
     pessimistic: bool = False
     _savepoints: int = 0
+    #: key → new column values, while an increment with ``totals`` runs.
+    _totals: dict[Any, tuple[int, ...]] | None = None
 
     def __attrs_post_init__(self) -> None:
         self._cur = self._conn.cursor()
@@ -326,6 +336,7 @@ class Transaction:
         *,
         insert_missing: bool = False,
         isolate: bool = False,
+        totals: bool = False,
     ) -> IncrementResult:
         """Add each row's deltas to the row with its key: ``c = COALESCE(c, 0) + delta``.
 
@@ -357,6 +368,12 @@ class Transaction:
         SQLite would silently turn a sum that overflows 64 bits into a REAL
         (and lose the exact count for ever); syncd refuses it instead, as
         the other databases do.
+
+        With ``totals=True``, the new values of every key applied come back
+        in `IncrementResult.totals`, read in this transaction: with
+        ``RETURNING`` on PostgreSQL (no second statement), with one SELECT
+        afterwards elsewhere (the rows are locked by the UPDATE, so what it
+        reads is what this transaction made them).
         """
         table_q = self.quote(table)
         key_q = self.quote_column(key_column)
@@ -371,19 +388,31 @@ class Transaction:
             return IncrementResult(0, 0, unrepresentable)
         keys = list(merged)
         deltas = list(merged.values())
-        if isolate:
-            return self._increment_isolating(
-                _Increment(table_q, key_q, key_type, cols_q, insert_missing),
-                keys, deltas, unrepresentable,
-            )
-        if insert_missing:
-            updated, inserted = self._upsert_increment(
-                table_q, key_q, key_type, cols_q, keys, deltas
-            )
-            return IncrementResult(updated, inserted, unrepresentable)
-        found = self._update_existing(table_q, key_q, key_type, cols_q, keys, deltas)
-        missing = [key for index, key in enumerate(keys) if index not in found]
-        return IncrementResult(len(found), 0, unrepresentable + missing)
+        self._totals = {} if totals else None
+        try:
+            if isolate:
+                result = self._increment_isolating(
+                    _Increment(table_q, key_q, key_type, cols_q, insert_missing),
+                    keys, deltas, unrepresentable,
+                )
+            elif insert_missing:
+                updated, inserted = self._upsert_increment(
+                    table_q, key_q, key_type, cols_q, keys, deltas
+                )
+                result = IncrementResult(updated, inserted, unrepresentable)
+            else:
+                found = self._update_existing(table_q, key_q, key_type, cols_q, keys, deltas)
+                missing = [key for index, key in enumerate(keys) if index not in found]
+                result = IncrementResult(len(found), 0, unrepresentable + missing)
+            if totals:
+                if not self.returns_totals:
+                    left_out = {*result.missing, *(key for key, _ in result.rejected)}
+                    applied = [key for key in keys if key not in left_out]
+                    self._totals = self._read_totals(table_q, key_q, cols_q, applied)
+                result = attrs.evolve(result, totals=self._totals)
+        finally:
+            self._totals = None
+        return result
 
     # -- what each dialect provides -------------------------------------------------
 
@@ -534,6 +563,21 @@ class Transaction:
 
         apply(0, len(keys))
         return IncrementResult(counts[0], counts[1], unrepresentable + missing, rejected)
+
+    def _read_totals(
+        self, table_q: str, key_q: str, cols_q: list[str], keys: list[Any],
+    ) -> dict[Any, tuple[int, ...]]:
+        """The current values of ``cols_q`` for ``keys`` (in chunks of `TOTALS_CHUNK`)."""
+        totals: dict[Any, tuple[int, ...]] = {}
+        columns = ", ".join(cols_q)
+        for start in range(0, len(keys), TOTALS_CHUNK):
+            chunk = keys[start:start + TOTALS_CHUNK]
+            marks = ", ".join(["%s"] * len(chunk))
+            for key, *values in self.fetchall(
+                    f"SELECT {key_q}, {columns} FROM {table_q} WHERE {key_q} IN ({marks})",
+                    chunk):
+                totals[key] = tuple(values)
+        return totals
 
     @contextlib.contextmanager
     def _savepoint(self) -> Iterator[None]:
@@ -848,11 +892,12 @@ class Database:
         *,
         insert_missing: bool = False,
         isolate: bool = False,
+        totals: bool = False,
     ) -> IncrementResult:
         """`Transaction.increment` in a transaction of its own."""
         return await self._run(
-            lambda tx: tx.increment(table, key_column, columns, rows,
-                                    insert_missing=insert_missing, isolate=isolate)
+            lambda tx: tx.increment(table, key_column, columns, rows, insert_missing=insert_missing,
+                                    isolate=isolate, totals=totals)
         )
 
     async def execute(self, sql: str, params: Sequence[Any] | None = None) -> int:

@@ -42,6 +42,7 @@ _TRANSIENT = (
 @attrs.define(eq=False)
 class PostgresTransaction(Transaction):
     dialect: ClassVar[Dialect] = Dialect.POSTGRESQL
+    returns_totals: ClassVar[bool] = True
 
     def _insert_rows(self, table_q: str, cols_q: list[str], rows: list[tuple[Any, ...]]) -> int:
         cur = self._cursor()
@@ -112,6 +113,21 @@ class PostgresTransaction(Transaction):
         # and hide the error that matters.
         cur = self._cursor()
         cur.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+        totals = self._totals
+        if totals is not None:
+            # The new values asked for: one row back per key, from the UPDATE itself.
+            returned = ", ".join(f"syncd_t.{c}" for c in cols_q)
+            found = set()
+            for i, *values in self.fetchall(
+                    f"UPDATE {table_q} AS syncd_t SET {sets} "
+                    f"FROM unnest({casts}) WITH ORDINALITY AS syncd_v(k, {names}, i) "
+                    f"WHERE syncd_t.{key_q} = syncd_v.k RETURNING syncd_v.i, {returned}",
+                    params):
+                found.add(i - 1)
+                totals[keys[i - 1]] = tuple(values)
+            cur.execute(
+                "SET LOCAL enable_hashjoin TO DEFAULT; SET LOCAL enable_mergejoin TO DEFAULT")
+            return found
         # One row back, not one per key: the count, and only when some key
         # had no row, which ones did.
         ((count, updated),) = self.fetchall(
@@ -138,6 +154,20 @@ class PostgresTransaction(Transaction):
         casts, params = self._arrays(key_type, keys, deltas)
         names = ", ".join(f"d{i}" for i in range(len(cols_q)))
         sets = ", ".join(f"{c} = COALESCE(syncd_t.{c}, 0) + excluded.{c}" for c in cols_q)
+        totals = self._totals
+        if totals is not None:
+            returned = ", ".join(f"syncd_t.{c}" for c in cols_q)
+            inserted = total = 0
+            for key, new, *values in self.fetchall(
+                    f"INSERT INTO {table_q} AS syncd_t ({key_q}, {', '.join(cols_q)}) "
+                    f"SELECT k, {names} FROM unnest({casts}) AS syncd_v(k, {names}) "
+                    f"ON CONFLICT ({key_q}) DO UPDATE SET {sets} "
+                    f"RETURNING syncd_t.{key_q}, (syncd_t.xmax = 0), {returned}",
+                    params):
+                total += 1
+                inserted += bool(new)
+                totals[key] = tuple(values)
+            return total - inserted, inserted
         # xmax = 0 on the returned row version means INSERT, not UPDATE: the
         # usual way to count both in one statement.
         ((inserted, total),) = self.fetchall(

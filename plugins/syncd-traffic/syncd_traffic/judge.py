@@ -21,13 +21,16 @@ The rules (README "Bad data"):
 - any other field is not ours to interpret, but the snapshot took it out of
   Redis with the rest, so it must not vanish: the known fields are applied
   and the unknown ones quarantined in an entry of their own;
-- a node id with no row (``insert_missing`` off) is only known inside the
-  SQL transaction; `missing_letters` builds those entries afterwards.
+- a node id with no row (``insert_missing`` off), or whose increment the
+  database refuses, is only known inside the SQL transaction; the core's
+  `syncd.CounterFlusher` builds those entries afterwards, from ``sources``.
+
+`TrafficJudge` is what the flusher is given: these rules, the rows for the
+configured columns, and what a node's delta counts in bytes.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -48,22 +51,33 @@ Fields = list[bytes] | Mapping[str, bytes]
 _INTEGER = re.compile(rb"-?[0-9]{1,19}")
 _ID = re.compile(r"-?[0-9]{1,19}")
 
-#: Reason labels for the ``traffic_dead_lettered_total`` metric.
+#: Reason labels for the ``traffic_dead_lettered_total`` metric (the core's
+#: flusher adds ``missing_row`` and ``refused``).
 BAD_ID, BAD_VALUE = "bad_id", "bad_value"
 UNKNOWN_FIELD, MISSING_ROW = "unknown_field", "missing_row"
-REFUSED = "refused"
+
+Letter = syncd.CounterLetter
 
 
 @attrs.frozen
-class Letter:
-    """A dead letter before it is stamped: which metric reason, and the entry."""
+class TrafficJudge:
+    """The traffic rules, as the core's `syncd.CounterFlusher` asks for them."""
 
-    kind: str
-    entry: syncd.DeadLetter
+    config: TrafficConfig
+    plugin: str
+    #: A node's delta is ``[upload, download]``: its bytes are their sum.
+    units = staticmethod(sum)
+
+    def judge(self, pairs: Iterable[tuple[bytes, list[bytes]]]) -> Judged:
+        return judge(pairs, self.config, self.plugin)
+
+    def rows(self, judged: syncd.JudgedCounters) -> list[tuple[int, ...]]:
+        assert isinstance(judged, Judged)
+        return judged.rows(self.config)
 
 
 @attrs.define
-class Judged:
+class Judged(syncd.JudgedCounters):
     """A snapshot sorted into what goes to SQL and what goes to the dead-letter list.
 
     Attributes:
@@ -75,10 +89,6 @@ class Judged:
             quarantine them verbatim if the row turns out to be missing.
         letters: The entries rejected before SQL.
     """
-
-    deltas: dict[int, list[int]] = attrs.Factory(dict)
-    sources: dict[int, list[tuple[bytes, Fields]]] = attrs.Factory(dict)
-    letters: list[Letter] = attrs.Factory(list)
 
     def rows(self, config: TrafficConfig) -> list[tuple[int, ...]]:
         """``(id, delta per configured column)`` rows in id order (stable lock order)."""
@@ -218,20 +228,6 @@ def missing_letters(
     return letters
 
 
-def refused_letters(
-    judged: Judged, refused: Sequence[tuple[int, str]], config: TrafficConfig, plugin: str,
-) -> list[Letter]:
-    """Dead letters for node ids whose increment the database refused, with its reason."""
-    letters = []
-    for nid, reason in refused:
-        for key, fields in judged.sources.get(int(nid), ()):
-            letters.append(_letter(
-                REFUSED, config, plugin, key, fields,
-                f"the database refused to add it to {config.table} ({config.id_column} = "
-                f"{nid}): {reason}"))
-    return letters
-
-
 def _decoded(fields: Fields) -> dict[str, bytes]:
     """Field names as text, values still raw."""
     if isinstance(fields, Mapping):
@@ -242,15 +238,7 @@ def _decoded(fields: Fields) -> dict[str, bytes]:
 def _letter(
     kind: str, config: TrafficConfig, plugin: str, key: bytes, fields: Fields, reason: str,
 ) -> Letter:
-    # ensure_ascii keeps the payload exact for any byte: odd bytes arrive as
-    # surrogate escapes and come back out of json.loads the same way.
-    payload = json.dumps(
-        {"key": _text(key), "values": {f: _text(v) for f, v in _decoded(fields).items()}},
-        separators=(",", ":"),
-    )
-    # source: the counter's own key, where a requeue would put it back.
-    return Letter(kind, syncd.DeadLetter(config.dead_letter, payload, reason, plugin,
-                                         source=_text(key)))
+    return syncd.counter_letter(kind, config.dead_letter, plugin, key, fields, reason)
 
 
 def _text(value: bytes) -> str:

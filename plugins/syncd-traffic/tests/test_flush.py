@@ -210,19 +210,17 @@ class TestMetrics:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """No second walk of the keyspace beside a flush: the count is the flush's."""
-        from syncd_traffic.worker import TrafficWorker
-
         release = trio.Event()
-        pipeline = TrafficWorker._pipeline
+        pipeline = syncd.CounterFlusher._pipeline
 
-        async def held(self: TrafficWorker) -> Any:
+        async def held(self: syncd.CounterFlusher) -> Any:
             await release.wait()
             return await pipeline(self)
 
         await produce(workload, env, 1, 50)
         async with run_daemon(config_for(workload, db_url), PLUGINS) as daemon:
             runner = daemon.runner("traffic")
-            monkeypatch.setattr(TrafficWorker, "_pipeline", held)
+            monkeypatch.setattr(syncd.CounterFlusher, "_pipeline", held)
             answers: list[int] = []
 
             async def backlog() -> None:
@@ -230,7 +228,7 @@ class TestMetrics:
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(runner.flush)
-                await wait_for(lambda: runner.worker._flushing is not None)
+                await wait_for(lambda: runner.worker.flusher.flushing)
                 nursery.start_soon(backlog)
                 await trio.sleep(0.2)
                 assert answers == []  # not counting beside the flush
