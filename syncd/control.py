@@ -220,13 +220,17 @@ def create_app(daemon: Daemon, tasks: trio.Nursery) -> QuartTrio:
     @app.get("/health/ready")
     async def ready() -> Response:
         checks = await check()
-        plugins = {
-            name: {"state": runner.state, "ok": runner.state != "failed",
-                   "paused": runner.gate.paused}
-            for name, runner in daemon.runners.items()
-        }
+        plugins = {}
         reasons = [f"{key}: {c.get('error', 'failed')}" for key, c in checks.items() if not c["ok"]]
-        reasons += [f"plugin {name} is failed" for name, p in plugins.items() if not p["ok"]]
+        for name, runner in daemon.runners.items():
+            own = runner.not_ready()  # the worker's own word, e.g. "not subscribed"
+            plugins[name] = {"state": runner.state, "ok": runner.state != "failed" and not own,
+                             "paused": runner.gate.paused}
+            if runner.state == "failed":
+                reasons.append(f"plugin {name} is failed")
+            elif own:
+                plugins[name]["reason"] = own
+                reasons.append(f"plugin {name}: {own}")
         if daemon.shutting_down:
             reasons.append("shutting down")
         daemon.metrics.health_checks.labels(_healthy(not reasons)).inc()

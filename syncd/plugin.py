@@ -69,6 +69,16 @@ class Worker(Protocol):
     shutdown grace deadline, at shutdown; it never calls two at once.
 
     ``interval`` is the flush period in seconds, or None for no timer.
+
+    Optional methods the core looks for (not part of the protocol check):
+
+    ``async backlog() -> int``
+        Items waiting, for the ``syncd_backlog`` gauge (polled every few seconds).
+    ``not_ready() -> str | None``
+        Why the worker cannot do its job right now although it runs (e.g.
+        "not subscribed to view_count_updates"), or None when it can. Sync
+        and cheap: ``/health/ready`` asks it on every probe and answers 503
+        with the reason while it is not None.
     """
 
     interval: float | None
