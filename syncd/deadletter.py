@@ -14,7 +14,9 @@ Each entry is one JSON document (RPUSHed, so a list reads oldest first)::
      "at": 1700000000.123, "at_iso": "2023-11-14T22:13:20.123000+00:00",
      "source": "votes"}
 
-``source`` (where the item came from) is there only when the plugin knew it.
+``source`` (where the item came from) is there only when the plugin knew it;
+a source key that is not UTF-8 is stored as ``source_b64`` (its bytes,
+base64) and decodes back to the same text with surrogate escapes.
 
 A payload that is not valid UTF-8 is stored base64-encoded under
 ``payload_b64`` instead of ``payload``, so arbitrary bytes (binary junk, a
@@ -81,7 +83,14 @@ class DeadLetter:
         doc["at"] = self.at
         doc["at_iso"] = datetime.fromtimestamp(self.at, UTC).isoformat()
         if self.source is not None:
-            doc["source"] = self.source
+            source = _as_text(self.source)
+            if source is None:
+                # A key that is not UTF-8 (Redis keys are bytes): kept exact,
+                # as its bytes, the way the payload is.
+                raw = self.source.encode("utf-8", "surrogateescape")
+                doc["source_b64"] = base64.b64encode(raw).decode("ascii")
+            else:
+                doc["source"] = source
         # ensure_ascii=False keeps non-ASCII text readable (and small) in
         # redis-cli; _as_text guaranteed the text encodes as strict UTF-8.
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -97,8 +106,11 @@ class DeadLetter:
         payload: bytes | str = (
             base64.b64decode(doc["payload_b64"]) if "payload_b64" in doc else doc["payload"]
         )
+        source = doc.get("source")
+        if "source_b64" in doc:
+            source = base64.b64decode(doc["source_b64"]).decode("utf-8", "surrogateescape")
         return cls(key, payload, doc["reason"], doc["plugin"], float(doc["at"]),
-                   source=doc.get("source"))
+                   source=source)
 
 
 def _as_text(payload: bytes | str) -> str | None:
