@@ -18,12 +18,12 @@ else is a dead letter with the reason, and never stops the listener.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
+import orjson
 
 import syncd
 from syncd_views.config import ViewsConfig
@@ -116,11 +116,11 @@ def parse_updates(
     updates = Updates()
     counts = updates.counts
     max_count = config.max_count
-    loads = json.loads
+    loads = orjson.loads  # a third of json.loads' time, the intake's hottest line
     for payload in payloads:
         try:
             message = loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        except orjson.JSONDecodeError:
             reason = "not JSON"
         else:
             reason = None
