@@ -205,6 +205,21 @@ class TestIncrement:
         assert (result.updated, result.missing) == (2, ["b"])
         assert await db.fetchall(f"SELECT k, n FROM {table} ORDER BY k") == [("7", 3), ("a", 5)]
 
+    async def test_text_keys_with_array_syntax_in_them(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        """Text keys travel as one array literal on PostgreSQL: quotes,
+        backslashes, commas, braces, spaces and NULL-looking text must arrive
+        as they are."""
+        table = await make_table("k VARCHAR(40) PRIMARY KEY, n BIGINT NOT NULL DEFAULT 0")
+        keys = ['a"b', "c\\d", "e,f", "{g}", " h ", "NULL", "", "ü🎉", "\\"]
+        await db.increment(table, "k", ["n"], [(k, 1) for k in keys], insert_missing=True)
+        result = await db.increment(table, "k", ["n"], [(k, 2) for k in keys], totals=True)
+        assert (result.updated, result.missing) == (len(keys), [])
+        assert result.totals == {k: (3,) for k in keys}
+        assert sorted(await db.fetchall(f"SELECT k, n FROM {table}")) == sorted(
+            (k, 3) for k in keys)
+
     async def test_zero_deltas_count_as_found(self, db: Database, make_table: MakeTable) -> None:
         table = await make_table(COUNTERS)
         await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, 1, 1), (2, 2, 2)")

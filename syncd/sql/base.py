@@ -637,8 +637,8 @@ def _merge_increments(
 
     Returns the merged rows and the keys that cannot exist in the key column.
     """
-    if integer and n_deltas == 1:
-        merged = _merge_int_pairs(rows)
+    if n_deltas == 1:
+        merged = _merge_pairs(rows, int if integer else str)
         if merged is not None:
             return merged, []
     merged: dict[Any, list[int]] = {}
@@ -668,14 +668,15 @@ def _merge_increments(
     return merged, unrepresentable
 
 
-def _merge_int_pairs(rows: Sequence[Sequence[Any]]) -> dict[Any, list[int]] | None:
-    """`_merge_increments` for ``(int key, int delta)`` rows, the counters'
-    usual shape, at a third of the cost; None if any row is not that shape
-    (the general path then does it all, and says what is wrong)."""
+def _merge_pairs(rows: Sequence[Sequence[Any]], key_type: type) -> dict[Any, list[int]] | None:
+    """`_merge_increments` for ``(key, int delta)`` rows whose keys already
+    have the column's Python type (int, or str for a text column), the
+    counters' usual shape, at a third of the cost; None if any row is not
+    that shape (the general path then does it all, and says what is wrong)."""
     merged: dict[Any, list[int]] = {}
     try:
         for key, delta in rows:
-            if type(key) is not int or type(delta) is not int:
+            if type(key) is not key_type or type(delta) is not int:
                 return None
             total = merged.get(key)
             if total is None:

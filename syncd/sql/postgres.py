@@ -115,19 +115,28 @@ class PostgresTransaction(Transaction):
         cur.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
         totals = self._totals
         if totals is not None:
-            # The new values asked for: one row back per key, from the UPDATE itself.
-            returned = ", ".join(f"syncd_t.{c}" for c in cols_q)
-            found = set()
-            for i, *values in self.fetchall(
-                    f"UPDATE {table_q} AS syncd_t SET {sets} "
-                    f"FROM unnest({casts}) WITH ORDINALITY AS syncd_v(k, {names}, i) "
-                    f"WHERE syncd_t.{key_q} = syncd_v.k RETURNING syncd_v.i, {returned}",
-                    params):
-                found.add(i - 1)
-                totals[keys[i - 1]] = tuple(values)
+            # The new values asked for, from the UPDATE itself (RETURNING),
+            # each column as one comma-joined text: a row per key through
+            # the driver cost ~1.5 us a key, split() and int() in C a tenth.
+            # After the UPDATE no counter is NULL (COALESCE), so the lists align.
+            returned = ", ".join(f"syncd_t.{c} AS c{i}" for i, c in enumerate(cols_q))
+            joined = ", ".join(
+                f"array_to_string(array_agg({c}), ',')"
+                for c in ["i", *(f"c{i}" for i in range(len(cols_q)))])
+            ((indexes, *columns),) = self.fetchall(
+                f"WITH syncd_u AS (UPDATE {table_q} AS syncd_t SET {sets} "
+                f"FROM unnest({casts}) WITH ORDINALITY AS syncd_v(k, {names}, i) "
+                f"WHERE syncd_t.{key_q} = syncd_v.k RETURNING syncd_v.i, {returned}) "
+                f"SELECT {joined} FROM syncd_u",
+                params)
             cur.execute(
                 "SET LOCAL enable_hashjoin TO DEFAULT; SET LOCAL enable_mergejoin TO DEFAULT")
-            return found
+            if not indexes:
+                return set()
+            found = [int(i) - 1 for i in indexes.split(",")]
+            values = zip(*(map(int, column.split(",")) for column in columns), strict=True)
+            totals.update(zip(map(keys.__getitem__, found), values, strict=True))
+            return set(found)
         # One row back, not one per key: the count, and only when some key
         # had no row, which ones did.
         ((count, updated),) = self.fetchall(
@@ -289,9 +298,16 @@ def _int_array(values: Sequence[Any]) -> Any:
 
     psycopg dumps a list element by element in Python (~0.7 µs each, a
     tenth of a traffic flush's Python time); the cast in the statement
-    turns the text into the array all the same. Anything else (uuid or
-    text keys) goes as a list, for psycopg to dump and escape.
+    turns the text into the array all the same. Strings likewise, quoted
+    and escaped; anything else goes as a list, for psycopg to dump.
     """
     if all(type(value) is int for value in values):
         return "{" + ",".join(map(str, values)) + "}"
+    if all(type(value) is str for value in values):
+        # Text keys (views' VOD ids): each element quoted, its backslashes
+        # and double quotes escaped, the array's own syntax; ~0.2 us a key
+        # against ~1.5 us through psycopg's list dumper. A NUL byte is still
+        # refused by the driver, as a data error.
+        return '{"' + '","'.join(
+            value.replace("\\", "\\\\").replace('"', '\\"') for value in values) + '"}'
     return list(values)
