@@ -35,14 +35,18 @@ class Subscription:
             url, client_name=client_name, protocol=2, socket_timeout=timeout,
             socket_connect_timeout=min(timeout, 2.0))
         self._conn = pool.make_connection()
-        self._conn.connect()
-        # The one private attribute used: redis-py's own socket, once it is
-        # connected and authenticated, is read here and nowhere else.
-        self._sock: socket.socket = self._conn._sock
         self._reader = hiredis.Reader()
         self._pending: list[Any] = []
-        self._conn.send_command("SUBSCRIBE", self.channel)
-        self._wait_for(b"subscribe", timeout)
+        try:
+            self._conn.connect()
+            # The one private attribute used: redis-py's own socket, once it
+            # is connected and authenticated, is read here and nowhere else.
+            self._sock: socket.socket = self._conn._sock
+            self._conn.send_command("SUBSCRIBE", self.channel)
+            self._wait_for(b"subscribe", timeout)
+        except BaseException:
+            self._conn.disconnect()
+            raise
 
     def read(self, timeout: float, limit: int) -> list[bytes]:
         """The payloads the socket holds now (waiting up to ``timeout`` for
