@@ -14,7 +14,9 @@ CPU per 100k counters
     it). Measured over that window: this process (``getrusage``: the
     daemon, its threads, the drivers), Redis (``used_cpu_user + sys``) and
     the PostgreSQL backends that served it (found by a unique
-    ``application_name``, read from ``/proc/<pid>/stat``). Then the raw
+    ``application_name``, read from ``/proc/<pid>/stat``). Totals are
+    published only while someone listens: ``--listener`` subscribes a
+    ``redis-cli`` (another process) to the totals channel. Then the raw
     ceiling (the workload's ``UPDATE … FROM unnest`` per 10,000) is measured
     the same way: its Python and its backend.
 Pub/sub intake
@@ -128,7 +130,7 @@ def config(workload: Any, redis_url: str, db_url: str, **options: Any) -> Any:
     })
 
 
-async def cpu_round(counters: int, db_url: str) -> dict[str, float]:
+async def cpu_round(counters: int, db_url: str, listener: bool = False) -> dict[str, float]:
     import psycopg
     from syncd_views.workload import ViewsWorkload
 
@@ -143,6 +145,15 @@ async def cpu_round(counters: int, db_url: str) -> dict[str, float]:
         await trio.to_thread.run_sync(workload.produce, env, 0, counters)
         daemon = Daemon.build(config(workload, redis_url, with_app_name(db_url, app),
                                      interval="1h", channel=None), pm)
+        # Totals are published only while someone listens: with --listener,
+        # redis-cli (another process) does, so that their cost is measured.
+        listening = None
+        if listener:
+            listening = subprocess.Popen(  # noqa: ASYNC220 - starts at once; a benchmark
+                ["redis-cli", "-p", str(urlsplit(redis_url).port), "subscribe",
+                 workload.totals_channel], stdout=subprocess.DEVNULL)
+            await wait_for(
+                lambda: env.redis.pubsub_numsub(workload.totals_channel)[0][1], 30, 0.01)
         r0, p0, t0 = redis_cpu(redis_url), own_cpu(), time.perf_counter()
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.serve)
@@ -151,7 +162,12 @@ async def cpu_round(counters: int, db_url: str) -> dict[str, float]:
                 pass
             t1, p1, r1 = time.perf_counter(), own_cpu(), redis_cpu(redis_url)
             figures["syncd_db"] = backends_cpu(admin, app)
+            figures["published"] = daemon.metrics.registry.get_sample_value(
+                "views_totals_published_total") or 0.0
             daemon.request_shutdown()
+        if listening is not None:
+            listening.terminate()
+            listening.wait()
         tally = await trio.to_thread.run_sync(workload.tally, env, counters)
         figures.update(seconds=t1 - t0, syncd=p1 - p0, syncd_redis=r1 - r0,
                        ok=float(tally.ok), counters=float(counters))
@@ -229,13 +245,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--database", default=PG_URL)
     parser.add_argument("--skip", choices=["cpu", "intake"], default=None)
+    parser.add_argument("--listener", action="store_true",
+                        help="subscribe a redis-cli to the totals channel during the CPU part")
     args = parser.parse_args()
     per = 100_000 / args.counters
     for n in range(1, args.rounds + 1):
         if args.skip != "cpu":
-            f = trio.run(cpu_round, args.counters, args.database)
+            f = trio.run(cpu_round, args.counters, args.database, args.listener)
             print(f"round {n} cpu: {args.counters:,} counters in {f['seconds']:.3f} s "
-                  f"({args.counters / f['seconds']:,.0f}/s, tally {'ok' if f['ok'] else 'WRONG'}); "
+                  f"({args.counters / f['seconds']:,.0f}/s, tally {'ok' if f['ok'] else 'WRONG'}, "
+                  f"{f['published']:,.0f} totals published); "
                   f"CPU s per 100k: syncd {f['syncd'] * per:.3f}, redis "
                   f"{f['syncd_redis'] * per:.3f}, database {f['syncd_db'] * per:.3f} | ceiling "
                   f"{f['ceiling_seconds']:.3f} s ({args.counters / f['ceiling_seconds']:,.0f}/s): "

@@ -48,9 +48,11 @@ class ViewsJudge:
 
     def judge(self, pairs: Iterable[tuple[bytes, bytes]]) -> syncd.JudgedCounters:
         judged = syncd.JudgedCounters()
-        deltas, sources = judged.deltas, judged.sources
+        deltas, sources, letters = judged.deltas, judged.sources, judged.letters
         head, tail = self.config.head.encode(), self.config.tail.encode()
-        start, tail_len = len(head), len(tail)
+        # SCAN MATCH took only keys of the form head*tail (the pattern has no
+        # other glob character), so the id is the slice between them.
+        start, stop = len(head), -len(tail) or None
         for key, value in pairs:
             # The usual counter: plain digits (≤ 18 always fit a BIGINT).
             if value.isdigit() and len(value) <= 18:
@@ -58,19 +60,18 @@ class ViewsJudge:
             else:
                 views = _integer(value)
                 if views is None:
-                    judged.letters.append(self._letter(
+                    letters.append(self._letter(
                         BAD_VALUE, key, value, "value is not a 64-bit integer"))
                     continue
-            raw_id = key[start:len(key) - tail_len] if tail_len else key[start:]
             try:
-                vod = raw_id.decode() if key.startswith(head) and key.endswith(tail) else ""
+                vod = key[start:stop].decode()
             except UnicodeDecodeError:
                 vod = ""
-            if not vod or len(key) < start + tail_len:
-                judged.letters.append(self._letter(
+            if not vod or not (key.startswith(head) and key.endswith(tail)):
+                letters.append(self._letter(
                     BAD_ID, key, value, "the key holds no VOD id (empty, or not UTF-8)"))
                 continue
-            if vod in deltas:  # only if the pattern lets two keys name one id
+            if vod in deltas:  # two keys naming one id cannot happen with one *; kept safe
                 deltas[vod] += views
                 sources[vod].append((key, value))
             else:
