@@ -16,6 +16,7 @@ from sql_support import own_database, unique
 
 from syncd.errors import DatabaseUnavailable
 from syncd.sql import Database, Dialect, InsertResult, Transaction, open_database
+from syncd.testing import wait_for
 
 DIALECTS = ["postgresql", "mysql", "sqlite"]
 
@@ -434,6 +435,66 @@ class TestIncrementRefused:
             holder.rollback()
             holder.close()
         assert await rows_of(db, table, "id, n") == [(1, 0), (2, 0)]
+
+
+    async def test_a_deadlock_is_a_retry_not_a_refusal(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        """MySQL ends the whole transaction on a deadlock, savepoint and all:
+        the isolating increment must still report the deadlock (transient,
+        to be retried), not the failed ROLLBACK TO SAVEPOINT after it."""
+        if db.dialect is not Dialect.MYSQL:
+            pytest.skip("MySQL's deadlock rolls back the whole transaction")
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES "
+                         + ", ".join(f"({i}, 0, 0)" for i in range(1, 101)))
+        holder = db._open()  # type: ignore[attr-defined]
+        watcher = db._open()  # type: ignore[attr-defined]
+
+        def waiting() -> bool:
+            with watcher.cursor() as cur:
+                cur.execute("SELECT COUNT(*) FROM information_schema.INNODB_TRX "
+                            "WHERE trx_state = 'LOCK WAIT'")
+                (count,) = cur.fetchone()
+            watcher.commit()
+            return count > 0
+
+        try:
+            # The heavier transaction: InnoDB makes the lighter one, ours, the victim.
+            with holder.cursor() as cur:
+                cur.execute(f"UPDATE {table} SET m = m + 1 WHERE id >= 2")
+
+            def increment(tx: Transaction) -> object:
+                # Longer than the wait below: the deadlock, not a timeout, must end it.
+                tx.execute("SET SESSION innodb_lock_wait_timeout = 120")
+                tx.execute(f"UPDATE {table} SET n = n + 1 WHERE id = 1")
+                return tx.increment(table, "id", ["n"], [(2, 1)], isolate=True)
+
+            outcome: list[BaseException | object] = []
+
+            async def ours() -> None:
+                try:
+                    outcome.append(await db.transaction(increment))
+                except BaseException as exc:
+                    outcome.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ours)
+                await wait_for(lambda: trio.to_thread.run_sync(waiting), timeout=90, interval=0.1)
+
+                def close_the_cycle() -> None:
+                    with holder.cursor() as cur:
+                        cur.execute(f"UPDATE {table} SET m = m + 1 WHERE id = 1")
+
+                await trio.to_thread.run_sync(close_the_cycle)
+        finally:
+            holder.rollback()
+            holder.close()
+            watcher.close()
+        (result,) = outcome
+        assert isinstance(result, DatabaseUnavailable), repr(result)
+        assert "1213" in str(result) or "eadlock" in str(result)
+        assert await rows_of(db, table, "id, n") == [(i, 0) for i in range(1, 101)]
 
 
 class TestIncrementTotals:

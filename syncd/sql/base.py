@@ -588,11 +588,19 @@ class Transaction:
         cur.execute(f"SAVEPOINT {name}")
         try:
             yield
-        except BaseException:
-            # If the connection is gone this raises a connection error of its
-            # own, chained to the original: that is the one worth reporting.
-            cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
-            cur.execute(f"RELEASE SAVEPOINT {name}")
+        except BaseException as exc:
+            try:
+                cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                cur.execute(f"RELEASE SAVEPOINT {name}")
+            except Exception:
+                # A deadlock or lock timeout that ended the whole transaction
+                # (MySQL rolls back all of it on a deadlock) took the savepoint
+                # with it: the original, transient, error is the one to report,
+                # so that the caller retries. Otherwise the connection is gone,
+                # and its own error, chained to the original, says so.
+                if self._db._is_connection_error(exc):
+                    raise exc from None
+                raise
             raise
         cur.execute(f"RELEASE SAVEPOINT {name}")
 
