@@ -266,3 +266,62 @@ class TestTotals:
             last[message["vodId"]] = max(last.get(message["vodId"], 0), message["views"])
         assert last == workload.in_sql(env)
         assert workload.tally(env, 4_500).ok
+
+
+class TestRedisRestart:
+    """A Redis of its own, stopped and started again on the same port: the
+    subscription is lost, noticed, and comes back by itself."""
+
+    @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+    async def test_subscription_survives_a_restart(
+        self, db_url: str, prefix: str, tmp_path: Any,
+    ) -> None:
+        import socket
+        import subprocess
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                   "--appendonly", "no", "--dir", str(tmp_path)]
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        def subscribed() -> bool:
+            try:
+                return dict(client.pubsub_numsub(workload.channel)).get(
+                    workload.channel.encode(), 0) == 1
+            except redis.ConnectionError:
+                return False
+
+        server = await trio.lowlevel.open_process(command, stdout=subprocess.DEVNULL)
+        workload = ViewsWorkload(prefix, 10)
+        try:
+            await wait_for(up)
+            config = config_for(workload, db_url, insert_missing=True)
+            config["redis"] = {"url": url}
+            async with run_daemon(config, PLUGINS) as daemon:
+                runner = daemon.runner("views")
+                await wait_for(subscribed)
+                server.terminate()
+                await server.wait()
+                await wait_for(lambda: runner.not_ready() is not None or runner.state != "running")
+                server = await trio.lowlevel.open_process(command, stdout=subprocess.DEVNULL)
+                await wait_for(subscribed, timeout=30)
+                await wait_for(lambda: runner.state == "running" and runner.not_ready() is None,
+                               timeout=30)
+                assert client.publish(workload.channel, b'{"vodId": "vod_1", "count": 3}') == 1
+                await wait_for(lambda: client.get(workload.key("vod_1")) == b"3")
+                assert sample(daemon, "syncd_errors_total",
+                              {"plugin": "views", "kind": "redis"}) >= 1
+        finally:
+            client.close()
+            server.terminate()
+            with trio.CancelScope(shield=True):
+                await server.wait()
