@@ -286,7 +286,7 @@ class CounterFlusher:
 
     A worker builds one in its factory and delegates to it: ``run`` awaits
     `recover` before ``task_status.started()``, ``flush`` returns `flush`,
-    and ``backlog`` returns `backlog`.
+    and the optional ``backlog`` and ``lag`` return `backlog` and `lag`.
 
     Attributes:
         ctx: The plugin's context (its name, Redis, database, logger).
@@ -311,6 +311,8 @@ class CounterFlusher:
     _backlog: tuple[float, int] | None = None
     #: Set while a flush runs, and set (fired) when it ends; see `backlog`.
     _flushing: trio.Event | None = None
+    #: When (epoch seconds) the last flush that took every key there was began; see `lag`.
+    _swept_at: float | None = None
 
     def __attrs_post_init__(self) -> None:
         spec = self.spec
@@ -359,6 +361,7 @@ class CounterFlusher:
         What arrives meanwhile is the next flush's.
         """
         started = time.perf_counter()
+        began = time.time()
         units_before = self._units
         self._flushing = flushing = trio.Event()
         self._backlog = None  # a flush changes it
@@ -370,6 +373,7 @@ class CounterFlusher:
         else:
             if walked:  # the flush took every key the whole keyspace had
                 self._set_backlog(0)
+                self._swept(began)
         finally:
             self.metrics.flush_duration.observe(time.perf_counter() - started)
             self._flushing = None
@@ -405,6 +409,7 @@ class CounterFlusher:
                     trio.current_time() - self._backlog[0] < BACKLOG_REFRESH):
                 return self._backlog[1]
             # The first lane's count covers the waiting keys and its own in-flight ones.
+            counted_from = time.time()
             counted = await self.lanes[0].pending(stop=lambda: self._flushing is not None)
             if counted is not None:
                 break
@@ -412,7 +417,25 @@ class CounterFlusher:
         for lane in self.lanes[1:]:
             pending += await self.ctx.redis.run(lane.in_flight)
         self._set_backlog(pending)
+        if pending == 0:
+            self._swept(counted_from)
         return pending
+
+    async def lag(self) -> float | None:
+        """An upper bound on the age of the oldest counter waiting, in seconds.
+
+        Redis keeps no time per increment, but once a flush has taken every
+        key there was (or a count found none), whatever waits was counted
+        after that moment began: the age is at most the time since. None
+        until the first such moment.
+        """
+        if self._swept_at is None:
+            return None
+        return max(0.0, time.time() - self._swept_at)
+
+    def _swept(self, since: float) -> None:
+        """Nothing older than ``since`` (epoch seconds) waits any more."""
+        self._swept_at = since if self._swept_at is None else max(self._swept_at, since)
 
     def _set_backlog(self, pending: int) -> None:
         self.metrics.pending.set(pending)

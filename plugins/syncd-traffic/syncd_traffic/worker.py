@@ -90,6 +90,10 @@ class TrafficWorker:
         """Counter keys waiting plus those in flight (see `syncd.CounterFlusher.backlog`)."""
         return await self.flusher.backlog()
 
+    async def lag(self) -> float | None:
+        """An upper bound on the age of the oldest byte waiting (see `syncd.CounterFlusher.lag`)."""
+        return await self.flusher.lag()
+
     # -- the table ------------------------------------------------------------------------
 
     async def _ensure_table(self) -> None:

@@ -315,3 +315,18 @@ class TestRefused:
             result = await drain(daemon, workload, env)
         assert (result.items, result.skipped, result.dead_lettered) == (0, 39, 1)
         self._check(env, workload)
+
+
+class TestLag:
+    """lag(): an upper bound on the age of the oldest byte waiting, once known."""
+
+    @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+    async def test_known_after_a_flush_that_took_everything(
+        self, env: syncd.WorkloadEnv, workload: TrafficWorkload, db_url: str,
+    ) -> None:
+        await produce(workload, env, 1, 50)
+        async with run_daemon(config_for(workload, db_url), PLUGINS) as daemon:
+            worker = daemon.runner("traffic").worker
+            await drain(daemon, workload, env)
+            lag = await worker.lag()
+            assert lag is not None and 0 <= lag < 60

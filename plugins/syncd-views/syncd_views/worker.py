@@ -116,6 +116,10 @@ class ViewsWorker:
     async def backlog(self) -> int:
         return await self.flusher.backlog()
 
+    async def lag(self) -> float | None:
+        """An upper bound on the age of the oldest view waiting (see `syncd.CounterFlusher.lag`)."""
+        return await self.flusher.lag()
+
     def not_ready(self) -> str | None:
         """Not ready while the subscription is lost (readiness hook of the core)."""
         if self.intake is not None and not self.intake.subscribed:
