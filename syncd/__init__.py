@@ -9,6 +9,15 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from syncd.config import Duration, Secret
+from syncd.counterflush import (
+    CounterFlusher,
+    CounterJudge,
+    CounterLetter,
+    CounterMetrics,
+    CounterSpec,
+    JudgedCounters,
+    counter_letter,
+)
 from syncd.counters import CounterSnapshots, Snapshot
 from syncd.deadletter import DeadLetter
 from syncd.errors import (
@@ -42,11 +51,17 @@ __all__ = [
     "Action",
     "Batch",
     "ConfigError",
+    "CounterFlusher",
+    "CounterJudge",
+    "CounterLetter",
+    "CounterMetrics",
     "CounterSnapshots",
+    "CounterSpec",
     "Database",
     "DatabaseUnavailable",
     "DeadLetter",
     "Duration",
+    "JudgedCounters",
     "NotRequeueable",
     "Panel",
     "PauseGate",
@@ -71,6 +86,7 @@ __all__ = [
     "Workload",
     "WorkloadEnv",
     "__version__",
+    "counter_letter",
     "crash_point",
     "error_kind",
     "hash_tag",

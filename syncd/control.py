@@ -231,14 +231,20 @@ def create_app(daemon: Daemon, tasks: trio.Nursery) -> QuartTrio:
     async def ready() -> Response:
         checks = await check()
         # A plugin still starting (recovering what a previous run left in
-        # flight, perhaps blocked on a database lock) is not ready yet either.
-        plugins = {
-            name: {"state": runner.state, "ok": runner.state not in NOT_READY_STATES,
-                   "paused": runner.gate.paused}
-            for name, runner in daemon.runners.items()
-        }
+        # flight, perhaps blocked on a database lock) is not ready yet either;
+        # a running one may say itself that it is not (views, unsubscribed).
+        plugins = {}
         reasons = [f"{key}: {c.get('error', 'failed')}" for key, c in checks.items() if not c["ok"]]
-        reasons += [f"plugin {name} is {p['state']}" for name, p in plugins.items() if not p["ok"]]
+        for name, runner in daemon.runners.items():
+            own = runner.not_ready()
+            plugins[name] = {"state": runner.state,
+                             "ok": runner.state not in NOT_READY_STATES and not own,
+                             "paused": runner.gate.paused}
+            if runner.state in NOT_READY_STATES:
+                reasons.append(f"plugin {name} is {runner.state}")
+            elif own:
+                plugins[name]["reason"] = own
+                reasons.append(f"plugin {name}: {own}")
         if daemon.shutting_down:
             reasons.append("shutting down")
         daemon.metrics.health_checks.labels(_healthy(not reasons)).inc()

@@ -14,7 +14,9 @@ Each entry is one JSON document (RPUSHed, so a list reads oldest first)::
      "plugin": "votes", "at": 1700000000.123,
      "at_iso": "2023-11-14T22:13:20.123000+00:00", "source": "votes"}
 
-``source`` (where the item came from) is there only when the plugin knew it.
+``source`` (where the item came from) is there only when the plugin knew it;
+a source key that is not UTF-8 is stored as ``source_b64`` (its bytes,
+base64) and decodes back to the same text with surrogate escapes.
 ``id`` names the entry for an operator who selects it (`syncd.quarantine`):
 random, so two identical rejections stay two entries. Entries written before
 ids existed have none; `entry_id` derives theirs from the raw entry, which is
@@ -97,7 +99,14 @@ class DeadLetter:
             "at_iso": datetime.fromtimestamp(self.at, UTC).isoformat(),
         }
         if self.source is not None:
-            doc["source"] = self.source
+            source = _as_text(self.source)
+            if source is None:
+                # A key that is not UTF-8 (Redis keys are bytes): kept exact,
+                # as its bytes, the way the payload is.
+                raw = self.source.encode("utf-8", "surrogateescape")
+                doc["source_b64"] = base64.b64encode(raw).decode("ascii")
+            else:
+                doc["source"] = source
         # ensure_ascii=False keeps non-ASCII text readable (and small) in
         # redis-cli; _as_text guaranteed the text encodes as strict UTF-8.
         rest = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
@@ -132,8 +141,11 @@ class DeadLetter:
         payload: bytes | str = (
             base64.b64decode(doc["payload_b64"]) if "payload_b64" in doc else doc["payload"]
         )
+        source = doc.get("source")
+        if "source_b64" in doc:
+            source = base64.b64decode(doc["source_b64"]).decode("utf-8", "surrogateescape")
         return cls(key, payload, doc["reason"], doc["plugin"], float(doc["at"]),
-                   source=doc.get("source"), id=doc.get("id") or entry_id(raw))
+                   source=source, id=doc.get("id") or entry_id(raw))
 
 
 def entry_id(raw: bytes | str) -> str:

@@ -75,6 +75,12 @@ class Worker(Protocol):
     ``async def lag() -> float | None`` (seconds the oldest waiting item has
     waited, None when unknown), for the status page and the
     ``syncd_backlog`` / ``syncd_oldest_pending_age_seconds`` gauges.
+
+    Optional, asked by ``/health/ready`` on every probe:
+    ``def not_ready() -> str | None``: why the worker cannot do its job right
+    now although it runs (e.g. "not subscribed to view_count_updates"), or
+    None when it can. Sync and cheap; the probe answers 503 with the reason
+    while it is not None.
     """
 
     interval: float | None

@@ -291,6 +291,19 @@ class PluginRunner:
             self.report(result, time.perf_counter() - started)
             return result
 
+    def not_ready(self) -> str | None:
+        """The running worker's own reason for not being ready (its optional
+        ``not_ready()``), or None. A plugin that is starting, failed or stopped
+        is judged by its state instead."""
+        worker = self.worker
+        check = getattr(worker, "not_ready", None)
+        if not callable(check) or self.state in ("starting", "failed", "stopped"):
+            return None
+        try:
+            return check()
+        except Exception as exc:  # a broken check must not break the probe
+            return f"readiness check failed: {exc}"
+
     def pause(self) -> None:
         self.gate.pause()
         self.metrics.paused.labels(self.name).set(1)

@@ -75,6 +75,11 @@ class TickerWorker:
     batches: int = 0
     #: True while it waits at a paused gate: no batch can start until resume.
     parked: bool = False
+    #: What the optional readiness hook answers (None: ready).
+    unready: str | None = None
+
+    def not_ready(self) -> str | None:
+        return self.unready
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.ctx.config
@@ -324,6 +329,22 @@ class TestHealth:
             sample = daemon.metrics.registry.get_sample_value
             assert sample("health_checks_total", {"status": "healthy"}) == 2
             assert sample("health_checks_total", {"status": "unhealthy"}) == 0
+
+    async def test_a_worker_may_say_it_is_not_ready(self, prefix: str) -> None:
+        """The optional ``not_ready()`` hook: a running plugin that cannot do
+        its job (views while unsubscribed) makes readiness 503, with its reason."""
+        async with control_plane({"ticker": {"key": prefix}}) as (daemon, client):
+            worker = daemon.runner("ticker").worker
+            assert (await client.get("/health/ready")).status_code == 200
+            worker.unready = "not subscribed to somewhere"
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 503
+            body = ready.json()
+            assert body["reasons"] == ["plugin ticker: not subscribed to somewhere"]
+            assert body["plugins"]["ticker"]["ok"] is False
+            assert body["plugins"]["ticker"]["reason"] == "not subscribed to somewhere"
+            worker.unready = None
+            assert (await client.get("/health/ready")).status_code == 200
 
     async def test_readiness_follows_redis(self, prefix: str, private_redis: PrivateRedis) -> None:
         overrides = {"redis": {"url": private_redis.url}}

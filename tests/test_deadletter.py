@@ -90,6 +90,18 @@ def test_source_round_trips_and_is_absent_when_unknown() -> None:
     assert "source" not in json.loads(DeadLetter("k", "x", "r", "p").encode())
 
 
+def test_a_source_key_that_is_not_utf8_round_trips() -> None:
+    """Redis keys are bytes: a counter key like b"vod:views:\\xff1" must not
+    make its own dead letter unencodable (it crashed the flush once)."""
+    source = b"vod:views:\xff1".decode("utf-8", "surrogateescape")
+    entry = DeadLetter("views:dead", "x", "bad id", "views", at=1.0, source=source)
+    doc = json.loads(entry.encode())
+    assert "source" not in doc and doc["source_b64"]
+    back = DeadLetter.decode("views:dead", entry.encode())
+    assert back.source == source
+    assert back.source.encode("utf-8", "surrogateescape") == b"vod:views:\xff1"
+
+
 class TestIds:
     """Every entry can be named: by its stored id, or by its bytes if it has none."""
 

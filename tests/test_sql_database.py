@@ -208,6 +208,21 @@ class TestIncrement:
         assert (result.updated, result.missing) == (2, ["b"])
         assert await db.fetchall(f"SELECT k, n FROM {table} ORDER BY k") == [("7", 3), ("a", 5)]
 
+    async def test_text_keys_with_array_syntax_in_them(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        """Text keys travel as one array literal on PostgreSQL: quotes,
+        backslashes, commas, braces, spaces and NULL-looking text must arrive
+        as they are."""
+        table = await make_table("k VARCHAR(40) PRIMARY KEY, n BIGINT NOT NULL DEFAULT 0")
+        keys = ['a"b', "c\\d", "e,f", "{g}", " h ", "NULL", "", "ü🎉", "\\"]
+        await db.increment(table, "k", ["n"], [(k, 1) for k in keys], insert_missing=True)
+        result = await db.increment(table, "k", ["n"], [(k, 2) for k in keys], totals=True)
+        assert (result.updated, result.missing) == (len(keys), [])
+        assert result.totals == {k: (3,) for k in keys}
+        assert sorted(await db.fetchall(f"SELECT k, n FROM {table}")) == sorted(
+            (k, 3) for k in keys)
+
     async def test_zero_deltas_count_as_found(self, db: Database, make_table: MakeTable) -> None:
         table = await make_table(COUNTERS)
         await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, 1, 1), (2, 2, 2)")
@@ -277,8 +292,6 @@ class TestIncrement:
     ) -> None:
         """An overflowing delta surfaces as the database's out-of-range error,
         not as whatever a clean-up statement after it would have raised."""
-        if db.dialect is Dialect.SQLITE:
-            pytest.skip("SQLite turns an overflowing integer into a REAL instead of failing")
         table = await make_table(COUNTERS)
         await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, {2**63 - 1}, 0)")
         with pytest.raises(Exception) as caught:
@@ -313,6 +326,206 @@ class TestIncrement:
         assert (inserted.inserted, inserted.updated) == (10_000, 0)
         assert (updated.updated, updated.missing) == (10_000, [10_000])
         assert await db.fetchall(f"SELECT sum(n), sum(m) FROM {table}") == [(20_000, 40_000)]
+
+
+class TestIncrementRefused:
+    """isolate=True: a key the database refuses is reported with its reason; the rest commits."""
+
+    async def test_bigint_overflow(self, db: Database, make_table: MakeTable) -> None:
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, 1, 1), "
+                         f"(2, {2**63 - 10}, 0), (3, 3, 3)")
+        result = await db.increment(
+            table, "id", ["n", "m"], [(1, 5, 5), (2, 100, 1), (3, 1, 1), (4, 1, 1)],
+            isolate=True)
+        assert (result.updated, result.missing) == (2, [4])
+        ((key, reason),) = result.rejected
+        assert key == 2
+        assert "range" in reason.lower() or "overflow" in reason.lower(), reason
+        # Refused means untouched: not even the key's other column moved.
+        assert await rows_of(db, table, "id, n, m") == [(1, 6, 6), (2, 2**63 - 10, 0), (3, 4, 4)]
+
+    async def test_without_isolate_the_refusal_propagates(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        """SQLite too: it would store the overflowing sum as a REAL."""
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, {2**63 - 1}, 0), (2, 0, 0)")
+        with pytest.raises(db.driver_error):
+            await db.increment(table, "id", ["n"], [(1, 1), (2, 1)])
+        assert await rows_of(db, table, "id, n") == [(1, 2**63 - 1), (2, 0)]
+
+    async def test_check_constraint(self, db: Database, make_table: MakeTable) -> None:
+        table = await make_table("id BIGINT PRIMARY KEY, n BIGINT NOT NULL CHECK (n >= 0)")
+        await db.execute(f"INSERT INTO {table} (id, n) VALUES (1, 5), (2, 5)")
+        result = await db.increment(table, "id", ["n"], [(1, -10), (2, -1)], isolate=True)
+        assert result.updated == 1
+        assert [key for key, _ in result.rejected] == [1]
+        assert await rows_of(db, table, "id, n") == [(1, 5), (2, 4)]
+
+    async def test_key_out_of_range_for_an_integer_column(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        if db.dialect is Dialect.SQLITE:
+            pytest.skip("SQLite's INTEGER holds 64 bits whatever the declared size")
+        table = await make_table("id INTEGER PRIMARY KEY, n BIGINT NOT NULL DEFAULT 0")
+        await db.execute(f"INSERT INTO {table} (id, n) VALUES (1, 0)")
+        # PostgreSQL refuses the key array itself; MariaDB the row it would insert.
+        result = await db.increment(table, "id", ["n"], [(1, 1), (2**40, 1), (2, 1)],
+                                    insert_missing=db.dialect is Dialect.MYSQL, isolate=True)
+        assert [key for key, _ in result.rejected] == [2**40]
+        assert (1, 1) in await rows_of(db, table, "id, n")
+
+    async def test_negative_delta_into_unsigned(self, db: Database, make_table: MakeTable) -> None:
+        if db.dialect is not Dialect.MYSQL:
+            pytest.skip("BIGINT UNSIGNED is MySQL's")
+        table = await make_table("id BIGINT PRIMARY KEY, n BIGINT UNSIGNED NOT NULL DEFAULT 0")
+        await db.execute(f"INSERT INTO {table} (id, n) VALUES (1, 5), (2, 5)")
+        result = await db.increment(table, "id", ["n"], [(1, -6), (2, -5)], isolate=True)
+        ((key, reason),) = result.rejected
+        assert (key, result.updated) == (1, 1)
+        # 1690 "BIGINT UNSIGNED value is out of range" or 1264 "Out of
+        # range value", depending on where the server evaluates the sum.
+        assert "1690" in reason or "1264" in reason, reason
+        assert await rows_of(db, table, "id, n") == [(1, 5), (2, 0)]
+
+    async def test_a_few_refused_among_many(self, db: Database, make_table: MakeTable) -> None:
+        table = await make_table(COUNTERS)
+        bad = {3, 500, 501, 998}
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES "
+                         + ", ".join(f"({i}, {2**63 - 1 if i in bad else 0}, 0)"
+                                     for i in range(1000)))
+        result = await db.increment(table, "id", ["n", "m"], [(i, 1, 1) for i in range(1001)],
+                                    isolate=True)
+        assert {key for key, _ in result.rejected} == bad
+        assert (result.updated, result.missing) == (1000 - len(bad), [1000])
+        assert await db.fetchall(f"SELECT sum(m) FROM {table}") == [(1000 - len(bad),)]
+
+    async def test_insert_missing_isolates_too(self, db: Database, make_table: MakeTable) -> None:
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, {2**63 - 1}, 0)")
+        result = await db.increment(table, "id", ["n", "m"], [(1, 1, 1), (2, 1, 1), (3, 2, 2)],
+                                    insert_missing=True, isolate=True)
+        assert (result.updated, result.inserted) == (0, 2)
+        assert [key for key, _ in result.rejected] == [1]
+        assert await rows_of(db, table, "id, n, m") == [(1, 2**63 - 1, 0), (2, 1, 1), (3, 2, 2)]
+
+    async def test_a_lock_timeout_is_a_retry_not_a_refusal(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        """Only the data's fault is isolated: a key whose row another
+        transaction holds fails the whole call, to be retried later."""
+        if db.dialect is Dialect.SQLITE:
+            pytest.skip("SQLite locks the whole file: BEGIN IMMEDIATE waits instead")
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, 0, 0), (2, 0, 0)")
+        holder = db._open()  # type: ignore[attr-defined]
+        try:
+            with holder.cursor() as cur:
+                cur.execute(f"UPDATE {table} SET n = n + 1 WHERE id = 2")
+
+            def increment(tx: Transaction) -> object:
+                if tx.dialect is Dialect.POSTGRESQL:
+                    tx.execute("SET LOCAL lock_timeout = '300ms'")
+                else:
+                    tx.execute("SET SESSION innodb_lock_wait_timeout = 1")
+                return tx.increment(table, "id", ["n"], [(1, 1), (2, 1)], isolate=True)
+
+            with pytest.raises(DatabaseUnavailable):
+                await db.transaction(increment)
+        finally:
+            holder.rollback()
+            holder.close()
+        assert await rows_of(db, table, "id, n") == [(1, 0), (2, 0)]
+
+
+    async def test_a_deadlock_is_a_retry_not_a_refusal(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        """MySQL ends the whole transaction on a deadlock, savepoint and all:
+        the isolating increment must still report the deadlock (transient,
+        to be retried), not the failed ROLLBACK TO SAVEPOINT after it."""
+        if db.dialect is not Dialect.MYSQL:
+            pytest.skip("MySQL's deadlock rolls back the whole transaction")
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES "
+                         + ", ".join(f"({i}, 0, 0)" for i in range(1, 101)))
+        holder = db._open()  # type: ignore[attr-defined]
+        watcher = db._open()  # type: ignore[attr-defined]
+
+        def waiting() -> bool:
+            with watcher.cursor() as cur:
+                cur.execute("SELECT COUNT(*) FROM information_schema.INNODB_TRX "
+                            "WHERE trx_state = 'LOCK WAIT'")
+                (count,) = cur.fetchone()
+            watcher.commit()
+            return count > 0
+
+        try:
+            # The heavier transaction: InnoDB makes the lighter one, ours, the victim.
+            with holder.cursor() as cur:
+                cur.execute(f"UPDATE {table} SET m = m + 1 WHERE id >= 2")
+
+            def increment(tx: Transaction) -> object:
+                # Longer than the wait below: the deadlock, not a timeout, must end it.
+                tx.execute("SET SESSION innodb_lock_wait_timeout = 120")
+                tx.execute(f"UPDATE {table} SET n = n + 1 WHERE id = 1")
+                return tx.increment(table, "id", ["n"], [(2, 1)], isolate=True)
+
+            outcome: list[BaseException | object] = []
+
+            async def ours() -> None:
+                try:
+                    outcome.append(await db.transaction(increment))
+                except BaseException as exc:
+                    outcome.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ours)
+                await wait_for(lambda: trio.to_thread.run_sync(waiting), timeout=90, interval=0.1)
+
+                def close_the_cycle() -> None:
+                    with holder.cursor() as cur:
+                        cur.execute(f"UPDATE {table} SET m = m + 1 WHERE id = 1")
+
+                await trio.to_thread.run_sync(close_the_cycle)
+        finally:
+            holder.rollback()
+            holder.close()
+            watcher.close()
+        (result,) = outcome
+        assert isinstance(result, DatabaseUnavailable), repr(result)
+        assert "1213" in str(result) or "eadlock" in str(result)
+        assert await rows_of(db, table, "id, n") == [(i, 0) for i in range(1, 101)]
+
+
+class TestIncrementTotals:
+    """totals=True: the new values of every key applied, read in the same transaction."""
+
+    @pytest.mark.parametrize("isolate", [False, True])
+    async def test_update_existing(
+        self, db: Database, make_table: MakeTable, isolate: bool
+    ) -> None:
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, 10, 0), (2, NULL, 5)")
+        result = await db.increment(table, "id", ["n", "m"], [(1, 5, 1), (2, 3, 0), (9, 1, 1)],
+                                    isolate=isolate, totals=True)
+        assert result.totals == {1: (15, 1), 2: (3, 5)}
+        assert result.missing == [9]
+
+    async def test_insert_missing_and_refused(self, db: Database, make_table: MakeTable) -> None:
+        table = await make_table("k VARCHAR(20) PRIMARY KEY, n BIGINT NOT NULL DEFAULT 0")
+        await db.execute(f"INSERT INTO {table} (k, n) VALUES ('a', {2**63 - 1}), ('b', 1)")
+        result = await db.increment(table, "k", ["n"], [("a", 1), ("b", 2), ("c", 3)],
+                                    insert_missing=True, isolate=True, totals=True)
+        assert result.totals == {"b": (3,), "c": (3,)}
+        assert [key for key, _ in result.rejected] == ["a"]
+
+    async def test_without_totals_none_are_read(self, db: Database, make_table: MakeTable) -> None:
+        table = await make_table(COUNTERS)
+        await db.execute(f"INSERT INTO {table} (id, n, m) VALUES (1, 1, 1)")
+        result = await db.increment(table, "id", ["n"], [(1, 1)])
+        assert result.totals == {}
 
 
 class TestLedger:

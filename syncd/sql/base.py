@@ -53,6 +53,9 @@ DDL_LOCK_TIMEOUT = 1.0
 
 #: How long a ledger ``plugin`` or ``batch_id`` may be (the columns are VARCHAR(100)).
 LEDGER_KEY_MAX = 100
+#: Keys per ``SELECT … IN (…)`` when reading totals back (below SQLite's
+#: parameter limit of old versions, 999).
+TOTALS_CHUNK = 900
 
 _IDENTIFIER_PART = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 _IDENTIFIER = re.compile(rf"^{_IDENTIFIER_PART}(?:\.{_IDENTIFIER_PART})?$")
@@ -132,11 +135,20 @@ class IncrementResult:
         missing: Keys that were not applied: absent from the table (with
             ``insert_missing=False``), or not representable in the key
             column's type (e.g. ``"abc"`` for an integer key).
+        rejected: ``(key, database error message)`` for each key whose
+            increment the database refused (only with ``isolate=True``): the
+            sum would overflow the column, a negative delta into an unsigned
+            column, a key out of range for the key column, a CHECK
+            constraint... Not applied; every other key was.
+        totals: key → the new values of ``columns`` for every key applied
+            (only with ``totals=True``), read in the same transaction.
     """
 
     updated: int
     inserted: int = 0
     missing: list[Any] = attrs.Factory(list)
+    rejected: list[tuple[Any, str]] = attrs.Factory(list)
+    totals: dict[Any, tuple[int, ...]] = attrs.Factory(dict)
 
 
 @attrs.frozen
@@ -172,6 +184,17 @@ class _Pessimistic(Exception):
     optimistic step when the race is rare."""
 
 
+@attrs.frozen
+class _Increment:
+    """What every part of one isolating increment shares."""
+
+    table_q: str
+    key_q: str
+    key_type: str
+    cols_q: list[str]
+    insert_missing: bool
+
+
 class _Unrepresentable:
     """Marks an increment key that cannot exist in the key column's type."""
 
@@ -201,6 +224,8 @@ class Transaction:
     dialect: ClassVar[Dialect]
     #: The character that quotes identifiers in this dialect.
     quote_char: ClassVar[str] = '"'
+    #: Whether the increment statements fill ``_totals`` themselves (RETURNING).
+    returns_totals: ClassVar[bool] = False
 
     _db: Database
     _conn: Any
@@ -210,6 +235,8 @@ class Transaction:
     #: transaction whose optimistic path lost a race (see `_Pessimistic`).
     pessimistic: bool = False
     _savepoints: int = 0
+    #: key → new column values, while an increment with ``totals`` runs.
+    _totals: dict[Any, tuple[int, ...]] | None = None
 
     def __attrs_post_init__(self) -> None:
         self._cur = self._conn.cursor()
@@ -318,6 +345,8 @@ class Transaction:
         rows: Sequence[Sequence[Any]],
         *,
         insert_missing: bool = False,
+        isolate: bool = False,
+        totals: bool = False,
     ) -> IncrementResult:
         """Add each row's deltas to the row with its key: ``c = COALESCE(c, 0) + delta``.
 
@@ -337,6 +366,24 @@ class Transaction:
         accept a row with only these columns). Otherwise absent keys are not
         inserted but returned in `IncrementResult.missing`, for the plugin
         to quarantine.
+
+        With ``isolate=True``, a batch the database refuses because of one
+        key's data (see `IncrementResult.rejected`) is bisected under
+        SAVEPOINTs, as `insert_ignore` does: the refused keys are reported
+        with the database's reason and every other key is applied, in this
+        same transaction. A batch without a refused key costs one SAVEPOINT
+        more. Errors that are not about the data (connection lost, deadlock,
+        lock timeout) always propagate, so the caller retries rather than
+        quarantine good counters. Without it, the first refusal propagates.
+        SQLite would silently turn a sum that overflows 64 bits into a REAL
+        (and lose the exact count for ever); syncd refuses it instead, as
+        the other databases do.
+
+        With ``totals=True``, the new values of every key applied come back
+        in `IncrementResult.totals`, read in this transaction: with
+        ``RETURNING`` on PostgreSQL (no second statement), with one SELECT
+        afterwards elsewhere (the rows are locked by the UPDATE, so what it
+        reads is what this transaction made them).
         """
         table_q = self.quote(table)
         key_q = self.quote_column(key_column)
@@ -351,14 +398,31 @@ class Transaction:
             return IncrementResult(0, 0, unrepresentable)
         keys = list(merged)
         deltas = list(merged.values())
-        if insert_missing:
-            updated, inserted = self._upsert_increment(
-                table_q, key_q, key_type, cols_q, keys, deltas
-            )
-            return IncrementResult(updated, inserted, unrepresentable)
-        found = self._update_existing(table_q, key_q, key_type, cols_q, keys, deltas)
-        missing = [key for index, key in enumerate(keys) if index not in found]
-        return IncrementResult(len(found), 0, unrepresentable + missing)
+        self._totals = {} if totals else None
+        try:
+            if isolate:
+                result = self._increment_isolating(
+                    _Increment(table_q, key_q, key_type, cols_q, insert_missing),
+                    keys, deltas, unrepresentable,
+                )
+            elif insert_missing:
+                updated, inserted = self._upsert_increment(
+                    table_q, key_q, key_type, cols_q, keys, deltas
+                )
+                result = IncrementResult(updated, inserted, unrepresentable)
+            else:
+                found = self._update_existing(table_q, key_q, key_type, cols_q, keys, deltas)
+                missing = [key for index, key in enumerate(keys) if index not in found]
+                result = IncrementResult(len(found), 0, unrepresentable + missing)
+            if totals:
+                if not self.returns_totals:
+                    left_out = {*result.missing, *(key for key, _ in result.rejected)}
+                    applied = [key for key in keys if key not in left_out]
+                    self._totals = self._read_totals(table_q, key_q, cols_q, applied)
+                result = attrs.evolve(result, totals=self._totals)
+        finally:
+            self._totals = None
+        return result
 
     # -- what each dialect provides -------------------------------------------------
 
@@ -469,6 +533,67 @@ class Transaction:
             table_q, cols_q, rows[:middle], offset, rejected
         ) + self._insert_isolating(table_q, cols_q, rows[middle:], offset + middle, rejected)
 
+    def _increment_isolating(
+        self, call: _Increment, keys: list[Any], deltas: list[list[int]],
+        unrepresentable: list[Any],
+    ) -> IncrementResult:
+        """`increment` with the keys the database refuses bisected out.
+
+        One refused key among n costs O(log n) statements of shrinking size,
+        each under its own SAVEPOINT; a batch the database accepts costs one
+        SAVEPOINT and its RELEASE more than a plain increment.
+        """
+        counts = [0, 0]  # updated, inserted
+        missing: list[Any] = []
+        rejected: list[tuple[Any, str]] = []
+
+        def apply(lo: int, hi: int) -> None:
+            part_keys, part_deltas = keys[lo:hi], deltas[lo:hi]
+            try:
+                with self._savepoint():
+                    if call.insert_missing:
+                        updated, inserted = self._upsert_increment(
+                            call.table_q, call.key_q, call.key_type, call.cols_q,
+                            part_keys, part_deltas)
+                    else:
+                        found = self._update_existing(
+                            call.table_q, call.key_q, call.key_type, call.cols_q,
+                            part_keys, part_deltas)
+            except Exception as exc:
+                if not self._db._is_row_error(exc):
+                    raise
+                if hi - lo == 1:
+                    rejected.append((keys[lo], self._db._error_message(exc)))
+                    return
+                middle = (lo + hi) // 2
+                apply(lo, middle)
+                apply(middle, hi)
+                return
+            if call.insert_missing:
+                counts[0] += updated
+                counts[1] += inserted
+            else:
+                counts[0] += len(found)
+                missing.extend(key for i, key in enumerate(part_keys) if i not in found)
+
+        apply(0, len(keys))
+        return IncrementResult(counts[0], counts[1], unrepresentable + missing, rejected)
+
+    def _read_totals(
+        self, table_q: str, key_q: str, cols_q: list[str], keys: list[Any],
+    ) -> dict[Any, tuple[int, ...]]:
+        """The current values of ``cols_q`` for ``keys`` (in chunks of `TOTALS_CHUNK`)."""
+        totals: dict[Any, tuple[int, ...]] = {}
+        columns = ", ".join(cols_q)
+        for start in range(0, len(keys), TOTALS_CHUNK):
+            chunk = keys[start:start + TOTALS_CHUNK]
+            marks = ", ".join(["%s"] * len(chunk))
+            for key, *values in self.fetchall(
+                    f"SELECT {key_q}, {columns} FROM {table_q} WHERE {key_q} IN ({marks})",
+                    chunk):
+                totals[key] = tuple(values)
+        return totals
+
     @contextlib.contextmanager
     def _savepoint(self) -> Iterator[None]:
         """Undo only what the block did if it raises; the transaction goes on."""
@@ -478,11 +603,19 @@ class Transaction:
         cur.execute(f"SAVEPOINT {name}")
         try:
             yield
-        except BaseException:
-            # If the connection is gone this raises a connection error of its
-            # own, chained to the original: that is the one worth reporting.
-            cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
-            cur.execute(f"RELEASE SAVEPOINT {name}")
+        except BaseException as exc:
+            try:
+                cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                cur.execute(f"RELEASE SAVEPOINT {name}")
+            except Exception:
+                # A deadlock or lock timeout that ended the whole transaction
+                # (MySQL rolls back all of it on a deadlock) took the savepoint
+                # with it: the original, transient, error is the one to report,
+                # so that the caller retries. Otherwise the connection is gone,
+                # and its own error, chained to the original, says so.
+                if self._db._is_connection_error(exc):
+                    raise exc from None
+                raise
             raise
         cur.execute(f"RELEASE SAVEPOINT {name}")
 
@@ -530,8 +663,8 @@ def _merge_increments(
 
     Returns the merged rows and the keys that cannot exist in the key column.
     """
-    if integer and n_deltas == 1:
-        merged = _merge_int_pairs(rows)
+    if n_deltas == 1:
+        merged = _merge_pairs(rows, int if integer else str)
         if merged is not None:
             return merged, []
     merged: dict[Any, list[int]] = {}
@@ -561,14 +694,15 @@ def _merge_increments(
     return merged, unrepresentable
 
 
-def _merge_int_pairs(rows: Sequence[Sequence[Any]]) -> dict[Any, list[int]] | None:
-    """`_merge_increments` for ``(int key, int delta)`` rows, the counters'
-    usual shape, at a third of the cost; None if any row is not that shape
-    (the general path then does it all, and says what is wrong)."""
+def _merge_pairs(rows: Sequence[Sequence[Any]], key_type: type) -> dict[Any, list[int]] | None:
+    """`_merge_increments` for ``(key, int delta)`` rows whose keys already
+    have the column's Python type (int, or str for a text column), the
+    counters' usual shape, at a third of the cost; None if any row is not
+    that shape (the general path then does it all, and says what is wrong)."""
     merged: dict[Any, list[int]] = {}
     try:
         for key, delta in rows:
-            if type(key) is not int or type(delta) is not int:
+            if type(key) is not key_type or type(delta) is not int:
                 return None
             total = merged.get(key)
             if total is None:
@@ -824,10 +958,13 @@ class Database:
         rows: Sequence[Sequence[Any]],
         *,
         insert_missing: bool = False,
+        isolate: bool = False,
+        totals: bool = False,
     ) -> IncrementResult:
         """`Transaction.increment` in a transaction of its own."""
         return await self._run(
-            lambda tx: tx.increment(table, key_column, columns, rows, insert_missing=insert_missing)
+            lambda tx: tx.increment(table, key_column, columns, rows, insert_missing=insert_missing,
+                                    isolate=isolate, totals=totals)
         )
 
     async def execute(self, sql: str, params: Sequence[Any] | None = None) -> int:

@@ -71,6 +71,7 @@ _ROW_ERRNOS = frozenset({
     1364,  # field has no default value
     1366,  # incorrect string / integer value
     1406,  # data too long
+    1690,  # BIGINT (UNSIGNED) value is out of range: a counter's sum overflowing
     3819,  # MySQL: check constraint violated
     4025,  # MariaDB: check constraint failed
 })

@@ -21,6 +21,7 @@ import attrs
 from syncd.sql.base import Database, Dialect, Transaction
 
 _PLACEHOLDER = re.compile(r"%(%|s)")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @attrs.define(eq=False)
@@ -43,14 +44,32 @@ class SQLiteTransaction(Transaction):
         )
         return cur.rowcount
 
-    def _existing(self, table_q: str, key_q: str, keys: list[Any]) -> set[int]:
-        """Indexes of ``keys`` present in the table (one query, the keys as one JSON array)."""
+    def _existing(
+        self, table_q: str, key_q: str, keys: list[Any], cols_q: list[str],
+        deltas: list[list[int]],
+    ) -> set[int]:
+        """Indexes of ``keys`` present in the table (one query, the keys as one
+        JSON array), refusing a delta whose sum would overflow 64 bits.
+
+        SQLite stores such a sum as a REAL, without a word: the counter would
+        lose its exact value for ever. The write lock is ours (BEGIN
+        IMMEDIATE), so the values read here are the ones the UPDATE adds to.
+        """
+        columns = ", ".join(f"syncd_t.{c}" for c in cols_q)
         rows = self._cursor().execute(
-            f"SELECT j.key FROM json_each(?) AS j "
+            f"SELECT j.key, {columns} FROM json_each(?) AS j "
             f"JOIN {table_q} AS syncd_t ON syncd_t.{key_q} = j.value",
             (json.dumps(keys),),
         )
-        return {index for (index,) in rows}
+        found = set()
+        for index, *current in rows:
+            found.add(index)
+            for column, value, delta in zip(cols_q, current, deltas[index], strict=True):
+                if type(value) is int and not INT64_MIN <= value + delta <= INT64_MAX:
+                    raise sqlite3.DataError(
+                        f"integer overflow: {column} = {value} + {delta} does not fit 64 bits "
+                        "(SQLite would store it as an inexact REAL)")
+        return found
 
     def _update_existing(
         self,
@@ -61,7 +80,7 @@ class SQLiteTransaction(Transaction):
         keys: list[Any],
         deltas: list[list[int]],
     ) -> set[int]:
-        found = self._existing(table_q, key_q, keys)
+        found = self._existing(table_q, key_q, keys, cols_q, deltas)
         if found:
             sets = ", ".join(f"{c} = COALESCE({c}, 0) + ?" for c in cols_q)
             self._cursor().executemany(
@@ -80,7 +99,7 @@ class SQLiteTransaction(Transaction):
         deltas: list[list[int]],
     ) -> tuple[int, int]:
         # Counted before: the write lock is ours (BEGIN IMMEDIATE), so it is exact.
-        existing = len(self._existing(table_q, key_q, keys))
+        existing = len(self._existing(table_q, key_q, keys, cols_q, deltas))
         marks = ", ".join(["?"] * (len(cols_q) + 1))
         sets = ", ".join(f"{c} = COALESCE({c}, 0) + excluded.{c}" for c in cols_q)
         self._cursor().executemany(

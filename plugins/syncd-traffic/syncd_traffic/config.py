@@ -14,8 +14,8 @@ import syncd
 NODE_ID = "{node_id}"
 
 #: A plain SQL identifier, optionally schema-qualified (``app.nodes``).
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63})?$")
-_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63})?")
+_COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 #: In-flight areas (see `TrafficWorker`): a fixed number, since recovery must
 #: look in every one a previous version may have used.
@@ -45,7 +45,7 @@ def _key_pattern(instance: object, attribute: attrs.Attribute[Any], value: str) 
 
 def _identifier(pattern: re.Pattern[str], what: str) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
-        if value is not None and not pattern.match(value):
+        if value is not None and not pattern.fullmatch(value):
             raise ValueError(f"must be {what}, got {value!r}", attribute)
 
     return check

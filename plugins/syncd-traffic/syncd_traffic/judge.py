@@ -21,8 +21,12 @@ The rules (README "Bad data"):
 - any other field is not ours to interpret, but the snapshot took it out of
   Redis with the rest, so it must not vanish: the known fields are applied
   and the unknown ones quarantined in an entry of their own;
-- a node id with no row (``insert_missing`` off) is only known inside the
-  SQL transaction; `missing_letters` builds those entries afterwards.
+- a node id with no row (``insert_missing`` off), or whose increment the
+  database refuses, is only known inside the SQL transaction; the core's
+  `syncd.CounterFlusher` builds those entries afterwards, from ``sources``.
+
+`TrafficJudge` is what the flusher is given: these rules, the rows for the
+configured columns, and what a node's delta counts in bytes.
 """
 
 from __future__ import annotations
@@ -43,24 +47,38 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 #: A hash counter's fields: the flat ``[field, value, ...]`` list of a
 #: snapshot, or (general path) a decoded field → value mapping.
 Fields = list[bytes] | Mapping[str, bytes]
-_INTEGER = re.compile(rb"^-?[0-9]{1,19}$")
-_ID = re.compile(r"^-?[0-9]{1,19}$")
+# Used with fullmatch: ``$`` would also match before a trailing newline,
+# and int() then accepts b"5\n" as 5.
+_INTEGER = re.compile(rb"-?[0-9]{1,19}")
+_ID = re.compile(r"-?[0-9]{1,19}")
 
-#: Reason labels for the ``traffic_dead_lettered_total`` metric.
+#: Reason labels for the ``traffic_dead_lettered_total`` metric (the core's
+#: flusher adds ``missing_row`` and ``refused``).
 BAD_ID, BAD_VALUE = "bad_id", "bad_value"
 UNKNOWN_FIELD, MISSING_ROW = "unknown_field", "missing_row"
 
+Letter = syncd.CounterLetter
+
 
 @attrs.frozen
-class Letter:
-    """A dead letter before it is stamped: which metric reason, and the entry."""
+class TrafficJudge:
+    """The traffic rules, as the core's `syncd.CounterFlusher` asks for them."""
 
-    kind: str
-    entry: syncd.DeadLetter
+    config: TrafficConfig
+    plugin: str
+    #: A node's delta is ``[upload, download]``: its bytes are their sum.
+    units = staticmethod(sum)
+
+    def judge(self, pairs: Iterable[tuple[bytes, list[bytes]]]) -> Judged:
+        return judge(pairs, self.config, self.plugin)
+
+    def rows(self, judged: syncd.JudgedCounters) -> list[tuple[int, ...]]:
+        assert isinstance(judged, Judged)
+        return judged.rows(self.config)
 
 
 @attrs.define
-class Judged:
+class Judged(syncd.JudgedCounters):
     """A snapshot sorted into what goes to SQL and what goes to the dead-letter list.
 
     Attributes:
@@ -72,10 +90,6 @@ class Judged:
             quarantine them verbatim if the row turns out to be missing.
         letters: The entries rejected before SQL.
     """
-
-    deltas: dict[int, list[int]] = attrs.Factory(dict)
-    sources: dict[int, list[tuple[bytes, Fields]]] = attrs.Factory(dict)
-    letters: list[Letter] = attrs.Factory(list)
 
     def rows(self, config: TrafficConfig) -> list[tuple[int, ...]]:
         """``(id, delta per configured column)`` rows in id order (stable lock order)."""
@@ -107,7 +121,7 @@ def node_id(key: str, config: TrafficConfig) -> int | None:
 def _id(text: str) -> int | None:
     if text.isdigit() and text.isascii() and len(text) <= 18:
         return int(text)
-    if not _ID.match(text):
+    if not _ID.fullmatch(text):
         return None
     value = int(text)
     return value if INT64_MIN <= value <= INT64_MAX else None
@@ -118,7 +132,7 @@ def _integer(raw: bytes) -> int | None:
     # fit a BIGINT. Anything else takes the strict check.
     if raw.isdigit() and len(raw) <= 18:
         return int(raw)
-    if not _INTEGER.match(raw):
+    if not _INTEGER.fullmatch(raw):
         return None
     value = int(raw)
     return value if INT64_MIN <= value <= INT64_MAX else None
@@ -225,14 +239,7 @@ def _decoded(fields: Fields) -> dict[str, bytes]:
 def _letter(
     kind: str, config: TrafficConfig, plugin: str, key: bytes, fields: Fields, reason: str,
 ) -> Letter:
-    # ensure_ascii keeps the payload exact for any byte: odd bytes arrive as
-    # surrogate escapes and come back out of json.loads the same way.
-    payload = json.dumps(
-        {"key": _text(key), "values": {f: _text(v) for f, v in _decoded(fields).items()}},
-        separators=(",", ":"),
-    )
-    return Letter(kind, syncd.DeadLetter(config.dead_letter, payload, reason, plugin,
-                                         source=_text(key)))
+    return syncd.counter_letter(kind, config.dead_letter, plugin, key, fields, reason)
 
 
 def restore(letter: syncd.DeadLetter) -> list[syncd.Restore]:

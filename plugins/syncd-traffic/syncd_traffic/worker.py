@@ -1,139 +1,69 @@
-"""The traffic worker: snapshot node counters, add them in SQL, then let go of them.
+"""The traffic worker: node counter hashes flushed into SQL by the core's `syncd.CounterFlusher`.
 
-One batch is three thread hops, in this order, and the order is the whole
-guarantee:
-
-1. ``lane.snapshot``: one Lua script reads up to ``batch_size`` counter
-   hashes, copies them into the lane's in-flight snapshot hash (no TTL) and
-   deletes them. An HINCRBY landing a moment later creates a fresh hash for
-   the next flush.
-2. ``db.apply_batch``: one SQL transaction adds the deltas and records the
-   snapshot id in the ledger; node ids without a row go in the ledger detail.
-3. ``lane.commit``: one Lua script deletes the snapshot hash and pushes the
-   dead letters. Only now has the data left Redis.
-
-A crash between 1 and 2 leaves the snapshot in flight and unapplied; between
-2 and 3, in flight and applied. Either way ``run`` (before the worker reports
-ready) finds it in its lane, the ledger says which case it is, and the
-missing-row dead letters are rebuilt from the ledger detail, so each byte is
-counted once and each bad counter quarantined once.
-
-Step 1 of the next batch runs in the other lane while steps 2-3 of this one
-run (see `TrafficWorker`).
+What is traffic's own is small: which hashes (``key_pattern``), what they
+mean (`syncd_traffic.judge`: ``upload`` + ``download`` per node, bad ids and
+values quarantined), which columns they feed, and the minimal table it
+creates when asked. Taking the counters out of Redis atomically, applying
+them exactly once under the ledger (two lanes, so Redis and SQL work at the
+same time), quarantining nodes with no row or refused by the database,
+finishing what a crash left in flight and the backlog gauge are the core's,
+shared with the views plugin: see `syncd.counterflush`.
 """
 
 from __future__ import annotations
 
-import collections
-import functools
-import itertools
-import json
-import time
-from typing import Any
-
 import attrs
 import trio
-from prometheus_client import Counter, Gauge, Histogram
 
 import syncd
 from syncd_traffic.config import TrafficConfig
-from syncd_traffic.judge import Judged, Letter, judge, missing_letters
-
-#: Seconds between two counts of the pending keys (each walks the keyspace).
-BACKLOG_REFRESH = 60.0
-FLUSH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+from syncd_traffic.judge import TrafficJudge
 
 
-@attrs.frozen
-class TrafficMetrics:
+def traffic_metrics(metrics: syncd.PluginMetrics) -> syncd.CounterMetrics:
     """The seed's "metrics to monitor", under the names the README lists."""
-
-    nodes_flushed: Counter
-    bytes_flushed: Counter
-    dead_lettered: Counter
-    errors: Counter
-    flush_duration: Histogram
-    pending: Gauge
-
-    @classmethod
-    def create(cls, metrics: syncd.PluginMetrics) -> TrafficMetrics:
-        return cls(
-            nodes_flushed=metrics.counter(
-                "traffic_nodes_flushed", "Node counters added to SQL."),
-            bytes_flushed=metrics.counter(
-                "traffic_bytes_flushed", "Bytes (upload + download) added to SQL."),
-            dead_lettered=metrics.counter(
-                "traffic_dead_lettered", "Node counters quarantined, by reason.", ["reason"]),
-            errors=metrics.counter(
-                "traffic_errors", "Flushes that failed, by kind (redis, database, ...).",
-                ["kind"]),
-            flush_duration=metrics.histogram(
-                "traffic_flush_duration_seconds", "Time of a whole flush (all its batches).",
-                buckets=FLUSH_BUCKETS),
-            pending=metrics.gauge(
-                "traffic_pending_keys", "Node counter keys waiting in Redis, in flight included."),
-        )
-
-
-@attrs.frozen
-class Taken:
-    """A snapshot out of circulation and judged, waiting for its SQL transaction.
-
-    Attributes:
-        lane: The `CounterSnapshots` it is in flight in.
-        snapshot: The counters taken.
-        judged: What they mean: deltas per node and dead letters.
-        rows: The deltas as ``(id, delta per column)`` rows for SQL.
-    """
-
-    lane: syncd.CounterSnapshots
-    snapshot: syncd.Snapshot
-    judged: Judged
-    rows: list[tuple[int, ...]]
+    return syncd.CounterMetrics.create(
+        metrics, "traffic",
+        items=("nodes", "Node counters added to SQL."),
+        units=("bytes", "Bytes (upload + download) added to SQL."),
+    )
 
 
 @attrs.define(eq=False)
 class TrafficWorker:
     """Flushes node traffic counters on the supervisor's timer.
 
-    A flush is a two-stage pipeline over two lanes (two in-flight areas in
-    Redis): while one snapshot's SQL transaction runs, the next snapshot is
-    taken and judged in the other lane, so the Redis and the SQL server work
-    at the same time (measured: 39k nodes/s with the two lanes, 29k one
-    batch after the other). SQL transactions themselves never overlap, so
-    ours never wait on each other's row locks. Each lane holds at most one
-    snapshot, and recovery finishes both.
-
     Attributes:
         ctx: What the core handed this plugin.
         config: The validated ``plugins.traffic`` section.
-        lanes: Snapshot-and-reset of the counter hashes, one per lane.
-        metrics: The plugin's own series.
+        flusher: The core's counter pipeline, set up for node hashes.
         interval: Flush period in seconds (the supervisor's timer reads it).
     """
 
     ctx: syncd.PluginContext
     config: TrafficConfig
-    lanes: tuple[syncd.CounterSnapshots, ...]
-    metrics: TrafficMetrics
+    flusher: syncd.CounterFlusher
     interval: float
-    _bytes: int = 0
-    _backlog: tuple[float, int] | None = None
-    #: Set while a flush runs, and set (fired) when it ends; see `backlog`.
-    _flushing: trio.Event | None = None
-    #: When (epoch seconds) the last flush that took every key there was began; see `lag`.
-    _swept_at: float | None = None
 
     @classmethod
     def create(cls, ctx: syncd.PluginContext) -> TrafficWorker:
         config: TrafficConfig = ctx.config
-        lanes = tuple(
-            syncd.CounterSnapshots(ctx.redis, config.scan_pattern, prefix, kind="hash",
-                                   scan_count=max(1000, config.batch_size))
-            for prefix in config.inflight_prefixes
+        spec = syncd.CounterSpec(
+            kind="hash",
+            pattern=config.scan_pattern,
+            inflight_prefix=config.inflight_prefix,
+            batch_size=config.batch_size,
+            table=config.table,
+            id_column=config.id_column,
+            columns=config.columns,
+            insert_missing=config.insert_missing,
+            dead_letter=config.dead_letter,
+            item_label="nodes",
+            unit_label="bytes",
         )
-        return cls(ctx, config, lanes, TrafficMetrics.create(ctx.metrics),
-                   float(config.interval))
+        flusher = syncd.CounterFlusher(
+            ctx, spec, TrafficJudge(config, ctx.name), traffic_metrics(ctx.metrics))
+        return cls(ctx, config, flusher, float(config.interval))
 
     @property
     def db(self) -> syncd.Database:
@@ -149,226 +79,20 @@ class TrafficWorker:
         """
         if self.config.create_table:
             await self._ensure_table()
-        for lane in self.lanes:
-            if not await self._in_flight(lane):
-                continue
-            # snapshot() hands back the one in flight rather than taking more.
-            started = time.perf_counter()
-            taken = await self._take(lane)
-            if taken is not None:
-                result = await self._release(taken)
-                self.ctx.report(result, time.perf_counter() - started)
-                self.ctx.log.info("finished the snapshot a previous run left in flight",
-                                  extra={"snapshot": taken.snapshot.id, **result.as_dict()})
+        await self.flusher.recover()
         task_status.started()
 
     async def flush(self) -> syncd.SyncResult:
-        """Move the counters pending now to SQL, batch by batch.
-
-        "Now" bounds the flush, so that steady production cannot keep one
-        flush (the final one included) going for ever: it stops when a fresh
-        snapshot comes back short of ``batch_size`` (its scan covered the
-        whole keyspace), or once it has taken as many keys as the database
-        held when it began (DBSIZE: O(1), and never less than our keys).
-        What arrives meanwhile is the next flush's.
-        """
-        started = time.perf_counter()
-        began = time.time()
-        bytes_before = self._bytes
-        self._flushing = flushing = trio.Event()
-        self._backlog = None  # a flush changes it
-        try:
-            total, walked = await self._pipeline()
-        except Exception as exc:
-            self.metrics.errors.labels(syncd.error_kind(exc)).inc()
-            raise
-        else:
-            if walked:  # the flush took every key the whole keyspace had
-                self._set_backlog(0)
-                self._swept(began)
-        finally:
-            self.metrics.flush_duration.observe(time.perf_counter() - started)
-            self._flushing = None
-            flushing.set()
-        flushed_bytes = self._bytes - bytes_before
-        if total.batches:
-            self.ctx.log.info("flushed", extra={
-                "nodes": total.items, "bytes": flushed_bytes, "batches": total.batches,
-                "dead_lettered": total.dead_lettered, "replayed": total.skipped,
-                "seconds": round(time.perf_counter() - started, 3)})
-        return attrs.evolve(total, detail={"bytes": flushed_bytes})
+        """Move the node counters pending now to SQL (see `syncd.CounterFlusher.flush`)."""
+        return await self.flusher.flush()
 
     async def backlog(self) -> int:
-        """Counter keys waiting plus those in flight, for the supervisor's gauge.
-
-        Counting walks the whole keyspace with SCAN, so it is refreshed at most
-        every `BACKLOG_REFRESH` seconds (the supervisor asks every few): on a
-        big production Redis a full walk every 5 s would cost more than the
-        flushes it reports on. A flush walks the keyspace anyway, so while
-        one runs this waits for it rather than walk beside it (at start-up,
-        that second walk took 0.3 s of a 1.2 s flush of 100,000 nodes), a
-        count under way gives up when a flush starts, and a flush that took
-        everything there was sets the count to 0 itself.
-        """
-        while True:
-            flushing = self._flushing
-            if flushing is not None:
-                await flushing.wait()
-            if self._backlog is not None and (
-                    trio.current_time() - self._backlog[0] < BACKLOG_REFRESH):
-                return self._backlog[1]
-            # The first lane's count covers the waiting keys and its own in-flight ones.
-            counted_from = time.time()
-            counted = await self.lanes[0].pending(stop=lambda: self._flushing is not None)
-            if counted is not None:
-                break
-        pending = counted
-        for lane in self.lanes[1:]:
-            pending += await self.ctx.redis.run(lane.in_flight)
-        self._set_backlog(pending)
-        if pending == 0:
-            self._swept(counted_from)
-        return pending
+        """Counter keys waiting plus those in flight (see `syncd.CounterFlusher.backlog`)."""
+        return await self.flusher.backlog()
 
     async def lag(self) -> float | None:
-        """An upper bound on the age of the oldest byte waiting, in seconds.
-
-        Redis keeps no time per HINCRBY, but once a flush has taken every key
-        there was (or a count found none), whatever waits was counted after
-        that moment began: the age is at most the time since. None until
-        the first such moment.
-        """
-        if self._swept_at is None:
-            return None
-        return max(0.0, time.time() - self._swept_at)
-
-    def _swept(self, since: float) -> None:
-        """Nothing older than ``since`` (epoch seconds) waits any more."""
-        self._swept_at = since if self._swept_at is None else max(self._swept_at, since)
-
-    def _set_backlog(self, pending: int) -> None:
-        self.metrics.pending.set(pending)
-        self._backlog = (trio.current_time(), pending)
-
-    # -- the pipeline ----------------------------------------------------------------------
-
-    async def _pipeline(self) -> tuple[syncd.SyncResult, bool]:
-        """Release each snapshot while the next one is taken; see `flush` for the end.
-
-        Returns what was flushed, and whether the flush ended because the
-        keyspace had nothing more (rather than on the budget).
-        """
-        total = syncd.SyncResult()
-        walked = True
-        batch_size = self.config.batch_size
-        budget = await self.ctx.redis.run(lambda client: int(client.dbsize()))
-        lanes = itertools.cycle(await self._lanes_in_flight_first())
-        current = await self._take(next(lanes))
-        while current is not None:
-            snapshot = current.snapshot
-            more = True
-            if not snapshot.recovered:
-                budget -= len(snapshot)
-                more = len(snapshot) >= batch_size and budget > 0
-                walked = len(snapshot) < batch_size
-            box: list[Taken | None] = [None]
-            try:
-                async with trio.open_nursery() as nursery:
-                    if more:
-                        nursery.start_soon(self._take_into, next(lanes), box)
-                    result = await self._release(current)
-            except BaseExceptionGroup as group:
-                error = _first_error(group)
-                if error is None:
-                    raise
-                if total.batches:
-                    # The supervisor reports what flush returns; this flush
-                    # will not return, so account for what did commit.
-                    self.ctx.report(total)
-                raise error from None
-            total += result
-            current = box[0]
-        return total, walked
-
-    async def _take_into(self, lane: syncd.CounterSnapshots, box: list[Taken | None]) -> None:
-        box[0] = await self._take(lane)
-
-    async def _take(self, lane: syncd.CounterSnapshots) -> Taken | None:
-        """Stage 1: take a snapshot in ``lane`` (or the one in flight there) and judge it."""
-        snapshot = await lane.snapshot(self.config.batch_size)
-        if snapshot is None:
-            return None
-        judged = judge(snapshot.pairs(), self.config, self.ctx.name)
-        syncd.crash_point(self.ctx.name, "after_snapshot")
-        return Taken(lane, snapshot, judged, judged.rows(self.config))
-
-    async def _release(self, taken: Taken) -> syncd.SyncResult:
-        """Stage 2: apply a snapshot exactly once, then release it with its dead letters."""
-        config, name = self.config, self.ctx.name
-        applied, missing = False, []
-        if taken.rows:
-            applied, missing = await self._apply(taken)
-        letters = taken.judged.letters + missing_letters(taken.judged, missing, config, name)
-        syncd.crash_point(name, "after_commit")
-        await taken.lane.commit(taken.snapshot, [letter.entry for letter in letters])
-        return self._account(taken, applied, missing, letters)
-
-    async def _apply(self, taken: Taken) -> tuple[bool, list[int]]:
-        """Add the deltas under the snapshot's id: (applied now?, ids with no row)."""
-        snapshot_id = taken.snapshot.id
-        applied, missing = await self.db.apply_batch(
-            self.ctx.name, snapshot_id, functools.partial(self._increment, taken.rows))
-        if applied:
-            return True, missing or []
-        # Applied before a crash: the ids that had no row are in the ledger.
-        entry = await self.db.ledger_entry(self.ctx.name, snapshot_id)
-        return False, _missing_from_detail(entry.detail if entry is not None else None)
-
-    def _increment(self, rows: list[tuple[int, ...]], tx: syncd.Transaction) -> list[int]:
-        """Inside the transaction (a worker thread): the UPDATEs, and the ledger detail."""
-        config = self.config
-        result = tx.increment(
-            config.table, config.id_column, list(config.columns), rows,
-            insert_missing=config.insert_missing,
-        )
-        missing = sorted(int(nid) for nid in result.missing)
-        if missing:
-            tx.ledger_detail = json.dumps({"missing": missing}, separators=(",", ":"))
-        return missing
-
-    def _account(
-        self, taken: Taken, applied: bool, missing: list[int], letters: list[Letter],
-    ) -> syncd.SyncResult:
-        reasons = collections.Counter(letter.kind for letter in letters)
-        for reason, count in reasons.items():
-            self.metrics.dead_lettered.labels(reason).inc(count)
-        if letters:
-            self.ctx.log.warning("quarantined node counters", extra={
-                "dead_letter": self.config.dead_letter, **reasons,
-                "examples": [json.loads(letter.entry.payload)["key"] for letter in letters[:3]]})
-        nodes = len(taken.rows) - len(missing)
-        if applied:
-            deltas = taken.judged.deltas
-            flushed = taken.judged.bytes - sum(sum(deltas[nid]) for nid in missing)
-            self._bytes += flushed
-            self.metrics.nodes_flushed.inc(nodes)
-            self.metrics.bytes_flushed.inc(flushed)
-        return syncd.SyncResult(
-            items=nodes if applied else 0,
-            batches=1,
-            dead_lettered=len(letters),
-            skipped=0 if applied else nodes,
-        )
-
-    async def _lanes_in_flight_first(self) -> list[syncd.CounterSnapshots]:
-        """The lanes, one holding a snapshot first: a failed flush may have left
-        one in flight, and it must not wait for a restart to be finished."""
-        keys = [lane.current_key for lane in self.lanes]
-        current = await self.ctx.redis.run(lambda client: client.mget(keys))
-        return sorted(self.lanes, key=lambda lane: current[self.lanes.index(lane)] is None)
-
-    async def _in_flight(self, lane: syncd.CounterSnapshots) -> bool:
-        return bool(await self.ctx.redis.run(lambda client: client.exists(lane.current_key)))
+        """An upper bound on the age of the oldest byte waiting (see `syncd.CounterFlusher.lag`)."""
+        return await self.flusher.lag()
 
     # -- the table ------------------------------------------------------------------------
 
@@ -390,21 +114,3 @@ class TrafficWorker:
         columns += [f"{tx.quote_column(c)} BIGINT NOT NULL DEFAULT 0" for c in config.columns]
         tx.execute(f"CREATE TABLE IF NOT EXISTS {tx.quote(config.table)} ({', '.join(columns)})")
         return True
-
-
-def _missing_from_detail(detail: Any) -> list[int]:
-    if not detail:
-        return []
-    return [int(nid) for nid in json.loads(detail).get("missing", [])]
-
-
-def _first_error(group: BaseExceptionGroup) -> Exception | None:
-    """The first plain error in a nursery's group (None if it holds only cancellations)."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            inner = _first_error(exc)
-            if inner is not None:
-                return inner
-        elif isinstance(exc, Exception):
-            return exc
-    return None

@@ -227,19 +227,17 @@ class TestMetrics:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """No second walk of the keyspace beside a flush: the count is the flush's."""
-        from syncd_traffic.worker import TrafficWorker
-
         release = trio.Event()
-        pipeline = TrafficWorker._pipeline
+        pipeline = syncd.CounterFlusher._pipeline
 
-        async def held(self: TrafficWorker) -> Any:
+        async def held(self: syncd.CounterFlusher) -> Any:
             await release.wait()
             return await pipeline(self)
 
         await produce(workload, env, 1, 50)
         async with run_daemon(config_for(workload, db_url), PLUGINS) as daemon:
             runner = daemon.runner("traffic")
-            monkeypatch.setattr(TrafficWorker, "_pipeline", held)
+            monkeypatch.setattr(syncd.CounterFlusher, "_pipeline", held)
             answers: list[int] = []
 
             async def backlog() -> None:
@@ -247,7 +245,7 @@ class TestMetrics:
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(runner.flush)
-                await wait_for(lambda: runner.worker._flushing is not None)
+                await wait_for(lambda: runner.worker.flusher.flushing)
                 nursery.start_soon(backlog)
                 with trio.fail_after(30):
                     await trio.testing.wait_all_tasks_blocked()
@@ -265,3 +263,88 @@ def _sql(env: syncd.WorkloadEnv, workload: TrafficWorkload) -> dict[int, int]:
         return {int(a): int(b) for a, b in cur.fetchall()}
     finally:
         conn.close()
+
+
+class TestRefused:
+    """A node the database refuses (issue 11): quarantined with the database's
+    reason, every other node credited, and no crash loop."""
+
+    BIG = 2**63 - 10
+
+    def _produce(self, env: syncd.WorkloadEnv, workload: TrafficWorkload) -> None:
+        conn = env.connect()
+        try:
+            conn.cursor().execute(
+                f"UPDATE {workload.table} SET traffic_used = {self.BIG} WHERE id = 7")
+            conn.commit()
+        finally:
+            conn.close()
+        for node in range(1, 41):
+            env.redis.hset(workload.key(node), mapping={"upload": node, "download": 100})
+
+    def _check(self, env: syncd.WorkloadEnv, workload: TrafficWorkload) -> syncd.DeadLetter:
+        in_sql = _sql(env, workload)
+        assert in_sql.pop(7) == self.BIG  # untouched
+        assert in_sql == {node: node + 100 for node in range(1, 41) if node != 7}
+        raw = env.redis.lrange(workload.dead_letter, 0, -1)
+        (letter,) = [syncd.DeadLetter.decode(workload.dead_letter, entry) for entry in raw]
+        assert json.loads(letter.payload) == {
+            "key": workload.key(7), "values": {"upload": "7", "download": "100"}}
+        assert letter.source == workload.key(7)
+        assert "refused" in letter.reason
+        assert "range" in letter.reason.lower() or "overflow" in letter.reason.lower()
+        return letter
+
+    @pytest.mark.parametrize("db_url", ["mysql", "pg", "sqlite"], indirect=True)
+    async def test_one_refused_node(self, env: syncd.WorkloadEnv, workload: TrafficWorkload,
+                                    db_url: str) -> None:
+        self._produce(env, workload)
+        async with run_daemon(config_for(workload, db_url), PLUGINS) as daemon:
+            result = await drain(daemon, workload, env)
+            metrics = daemon.metrics.exposition().decode()
+            assert daemon.runner("traffic").state == "running"
+        assert (result.items, result.dead_lettered) == (39, 1)
+        self._check(env, workload)
+        assert 'traffic_dead_lettered_total{reason="refused"} 1.0' in metrics
+        assert "traffic_nodes_flushed_total 39.0" in metrics
+
+    @pytest.mark.parametrize("db_url", ["mysql", "pg", "sqlite"], indirect=True)
+    async def test_replay_rebuilds_the_refusal_once(
+        self, env: syncd.WorkloadEnv, workload: TrafficWorkload, db_url: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Lost between the SQL commit and the Redis release: the replay finds
+        the batch in the ledger and rebuilds the dead letter from its detail."""
+        self._produce(env, workload)
+        commit = syncd.CounterSnapshots.commit
+        failures = [syncd.RedisUnavailable("lost before the release")]
+
+        async def fail_once(self: syncd.CounterSnapshots, *args: Any, **kwargs: Any) -> bool:
+            if failures:
+                raise failures.pop()
+            return await commit(self, *args, **kwargs)
+
+        monkeypatch.setattr(syncd.CounterSnapshots, "commit", fail_once)
+        async with run_daemon(config_for(workload, db_url), PLUGINS) as daemon:
+            runner = daemon.runner("traffic")
+            with pytest.raises(syncd.RedisUnavailable):
+                await runner.flush()
+            assert env.redis.llen(workload.dead_letter) == 0
+            result = await drain(daemon, workload, env)
+        assert (result.items, result.skipped, result.dead_lettered) == (0, 39, 1)
+        self._check(env, workload)
+
+
+class TestLag:
+    """lag(): an upper bound on the age of the oldest byte waiting, once known."""
+
+    @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+    async def test_known_after_a_flush_that_took_everything(
+        self, env: syncd.WorkloadEnv, workload: TrafficWorkload, db_url: str,
+    ) -> None:
+        await produce(workload, env, 1, 50)
+        async with run_daemon(config_for(workload, db_url), PLUGINS) as daemon:
+            worker = daemon.runner("traffic").worker
+            await drain(daemon, workload, env)
+            lag = await worker.lag()
+            assert lag is not None and 0 <= lag < 60

@@ -44,6 +44,8 @@ class TestNodeId:
         ("node: 7:traffic", None),
         ("node:7:traffic:x", None),
         ("node:٣:traffic", None),  # an Arabic-Indic digit is not an id
+        ("node:7\n:traffic", None),  # a regex's $ would let the newline through
+        ("node:-7\n:traffic", None),
     ])
     def test_parse(self, key: str, expected: int | None) -> None:
         assert node_id(key, CONFIG) == expected
@@ -83,6 +85,8 @@ class TestJudge:
         ({"upload": b"", "download": b"x"}, "download and upload not a 64-bit integer"),
         ({"upload": b"99999999999999999999"}, "upload not a 64-bit integer"),
         ({"upload": b"9223372036854775807", "download": b"1"}, "overflows BIGINT"),
+        ({"upload": b"5\n", "download": b"1"}, "upload not a 64-bit integer"),
+        ({"upload": b"-5\n"}, "upload not a 64-bit integer"),
     ])
     def test_bad_value_quarantines_whole_hash(self, fields: dict, reason: str) -> None:
         judged = judge(raw([("node:1:traffic", fields)]), CONFIG, "traffic")

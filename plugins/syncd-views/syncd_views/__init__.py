@@ -1,0 +1,38 @@
+"""syncd-views: video view counters from Redis into SQL exactly once, live totals back.
+
+The application INCRs ``vod:views:{vodId}`` (or publishes ``{"vodId",
+"count"}`` on ``view_count_updates``, which this plugin INCRBYs on arrival);
+every ``interval`` the counters are added to ``vods.views`` through the
+ledger, and the new totals are published on ``view_count_totals`` after the
+commit. See README.md.
+"""
+
+from __future__ import annotations
+
+import syncd
+from syncd_views.config import ViewsConfig
+from syncd_views.worker import ViewsWorker
+from syncd_views.workload import ViewsWorkload
+
+NAME = "views"
+
+
+@syncd.hookimpl
+def syncd_plugin() -> syncd.PluginSpec:
+    return syncd.PluginSpec(
+        name=NAME,
+        config=ViewsConfig,
+        create=ViewsWorker.create,
+        description="VOD view counters (Redis strings, pub/sub) added to SQL exactly once; "
+                    "live totals published.",
+    )
+
+
+@syncd.hookimpl
+def syncd_workload(plugin: str, prefix: str) -> syncd.Workload | None:
+    if plugin != NAME:
+        return None
+    return ViewsWorkload(prefix).workload()
+
+
+__all__ = ["ViewsConfig", "ViewsWorker", "ViewsWorkload", "syncd_plugin", "syncd_workload"]

@@ -1,0 +1,39 @@
+"""Fixtures for the views plugin's tests: a views workload on each real database."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from syncd_views.workload import ViewsWorkload
+
+import syncd
+from syncd.testing import REDIS_URL, connector, dialect_of
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from views_support import VODS
+
+
+@pytest.fixture(name="db_url", params=["pg", "mysql", "sqlite"])
+def _db_url(request: pytest.FixtureRequest, mysql_url: str, pg_url: str, sqlite_url: str) -> str:
+    return {"mysql": mysql_url, "pg": pg_url, "sqlite": sqlite_url}[request.param]
+
+
+@pytest.fixture(name="env")
+def _env(db_url: str, prefix: str) -> Iterator[syncd.WorkloadEnv]:
+    client = redis.Redis.from_url(REDIS_URL)
+    env = syncd.WorkloadEnv(client, db_url, dialect_of(db_url), connector(db_url), prefix)
+    yield env
+    ViewsWorkload(prefix, VODS).teardown(env)
+    client.close()
+
+
+@pytest.fixture(name="workload")
+def _workload(env: syncd.WorkloadEnv) -> ViewsWorkload:
+    workload = ViewsWorkload(env.prefix, VODS)
+    workload.setup(env)
+    return workload
