@@ -9,7 +9,10 @@ commit. See README.md.
 
 from __future__ import annotations
 
+from typing import Any
+
 import syncd
+from syncd_views import judge
 from syncd_views.config import ViewsConfig
 from syncd_views.worker import ViewsWorker
 from syncd_views.workload import ViewsWorkload
@@ -35,4 +38,18 @@ def syncd_workload(plugin: str, prefix: str) -> syncd.Workload | None:
     return ViewsWorkload(prefix).workload()
 
 
-__all__ = ["ViewsConfig", "ViewsWorker", "ViewsWorkload", "syncd_plugin", "syncd_workload"]
+@syncd.hookimpl
+def syncd_dead_letter_lists(plugin: str, config: Any) -> list[str] | None:
+    return [config.dead_letter] if plugin == NAME else None
+
+
+@syncd.hookimpl
+def syncd_dead_letter_restore(
+    plugin: str, config: Any, letter: syncd.DeadLetter,
+) -> list[syncd.Restore] | None:
+    """A VOD's views go back onto its counter (`judge.restore`)."""
+    return judge.restore(letter) if plugin == NAME else None
+
+
+__all__ = ["ViewsConfig", "ViewsWorker", "ViewsWorkload", "syncd_dead_letter_lists",
+           "syncd_dead_letter_restore", "syncd_plugin", "syncd_workload"]

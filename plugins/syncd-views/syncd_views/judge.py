@@ -18,6 +18,7 @@ else is a dead letter with the reason, and never stops the listener.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -88,6 +89,31 @@ class ViewsJudge:
     def _letter(self, kind: str, key: bytes, value: bytes, reason: str) -> syncd.CounterLetter:
         return syncd.counter_letter(kind, self.config.dead_letter, self.plugin, key, value,
                                     reason)
+
+
+def restore(letter: syncd.DeadLetter) -> list[syncd.Restore]:
+    """How a quarantined counter goes back: its value INCRBY'd onto its key again.
+
+    The inverse of `syncd.counter_letter` for a string counter: the payload
+    names the key and its value, added back onto the same key (where the
+    application may have counted more meanwhile), so the next flush takes
+    it. A value that is not an integer cannot be added to anything. A
+    malformed pub/sub message has no counter to go back to: the producer
+    must send it again, well-formed.
+    """
+    try:
+        doc = json.loads(letter.payload_bytes)
+        key, value = doc["key"], doc["value"]
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError("key and value must be text")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise syncd.NotRequeueable(
+            f"not a view counter entry (a malformed update cannot go back): {exc}") from None
+    n = _integer(value.encode("utf-8", "surrogateescape"))
+    if n is None:
+        raise syncd.NotRequeueable(
+            f"{value!r} is not a 64-bit integer, so it cannot be added back onto the counter")
+    return [syncd.Restore.incrby(key.encode("utf-8", "surrogateescape"), n)]
 
 
 def _integer(raw: bytes) -> int | None:

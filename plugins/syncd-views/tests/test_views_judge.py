@@ -6,7 +6,9 @@ import json
 
 import pytest
 from syncd_views.config import ViewsConfig
-from syncd_views.judge import BAD_ID, BAD_VALUE, ViewsJudge, parse_updates
+from syncd_views.judge import BAD_ID, BAD_VALUE, ViewsJudge, parse_updates, restore
+
+import syncd
 
 CONFIG = ViewsConfig(dead_letter="dead")
 JUDGE = ViewsJudge(CONFIG, "views")
@@ -90,3 +92,23 @@ class TestConfig:
     def test_channels_may_be_off(self) -> None:
         config = ViewsConfig(channel=None, totals_channel=None)
         assert (config.channel, config.totals_channel) == (None, None)
+
+
+class TestRestore:
+    """A quarantined counter can go back onto its key; a malformed message cannot."""
+
+    def test_counter_goes_back_exactly(self) -> None:
+        (letter,) = JUDGE.judge([(b"vod:views:\xff1", b"7")]).letters
+        (op,) = restore(letter.entry)
+        assert op == syncd.Restore.incrby(b"vod:views:\xff1", 7)
+
+    @pytest.mark.parametrize("payload", [b"not json", b'{"vodId": "v", "count": 0}'])
+    def test_malformed_message_cannot(self, payload: bytes) -> None:
+        (letter,) = parse_updates([payload], CONFIG, "views").letters
+        with pytest.raises(syncd.NotRequeueable):
+            restore(letter)
+
+    def test_bad_value_cannot(self) -> None:
+        (letter,) = JUDGE.judge([(b"vod:views:a", b"12abc")]).letters
+        with pytest.raises(syncd.NotRequeueable, match="not a 64-bit integer"):
+            restore(letter.entry)
