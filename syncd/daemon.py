@@ -148,6 +148,7 @@ class Daemon:
             gate=runner.gate,
             instance=self.config.instance,
             report=runner.report,
+            hook=self.pm.hook,
         )
 
     # -- running -------------------------------------------------------------------------

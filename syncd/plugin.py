@@ -134,6 +134,8 @@ class PluginContext:
             inside ``run`` so status, metrics and ``sync_success`` listeners
             see it. What ``flush`` returns is reported by the core: report
             it again and it counts twice.
+        hook: The plugin manager's hook relay, for calling hooks a plugin
+            declared itself (`syncd_addhooks`), e.g. ``ctx.hook.my_hook(...)``.
     """
 
     name: str
@@ -145,3 +147,4 @@ class PluginContext:
     gate: PauseGate
     instance: str
     report: Callable[[SyncResult, float | None], None]
+    hook: Any = None
