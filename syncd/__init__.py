@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from syncd.config import Duration, Secret
 from syncd.counters import CounterSnapshots, Snapshot
-from syncd.deadletter import DeadLetter
+from syncd.deadletter import DeadLetter, push_dead_letters
 from syncd.errors import (
     ConfigError,
     DatabaseUnavailable,
@@ -21,7 +21,7 @@ from syncd.errors import (
 )
 from syncd.faults import crash_point
 from syncd.gate import PauseGate
-from syncd.hookspecs import hookimpl
+from syncd.hookspecs import hookimpl, hookspec
 from syncd.keys import hash_tag, slot_key
 from syncd.metrics import PluginMetrics
 from syncd.plugin import PluginContext, PluginSpec, Route, SyncResult, Worker
@@ -68,5 +68,7 @@ __all__ = [
     "error_kind",
     "hash_tag",
     "hookimpl",
+    "hookspec",
+    "push_dead_letters",
     "slot_key",
 ]
