@@ -6,11 +6,11 @@ import secrets
 from typing import Any
 
 import httpx
+import syncd_portfolio
 import trio
 from conftest import user_job
 from portfolio_support import Ganache, Producer, pg_rows, section
 
-import syncd_portfolio
 from syncd.testing import daemon_config, run_daemon, wait_for
 
 
