@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -172,3 +173,78 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+class FlakyRPC:
+    """A JSON-RPC endpoint in front of ganache that the test can break.
+
+    ``mode``: ``"up"`` forwards to ganache (after ``delay`` seconds),
+    ``"down"`` answers 503, ``"hang"`` accepts the request and never answers.
+    Start it with ``url = await nursery.start(flaky.serve)``.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        import trio
+
+        self.upstream = upstream
+        self.mode = "up"
+        self.delay = 0.0
+        self.requests: list[tuple[float, str]] = []  # (trio time, mode) per request
+        self.changed = trio.Event()
+
+    def set(self, mode: str) -> None:
+        import trio
+
+        self.mode = mode
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def serve(self, *, task_status: Any) -> None:
+        import trio
+
+        async with httpx.AsyncClient(timeout=30) as client:
+            handler = lambda stream: self._connection(stream, client)  # noqa: E731
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(
+                    functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+                port = listeners[0].socket.getsockname()[1]
+                task_status.started(f"http://127.0.0.1:{port}")
+
+    async def _connection(self, stream: Any, client: httpx.AsyncClient) -> None:
+        import trio
+
+        buffer = b""
+        async with stream:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(buffer) < length:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                body, buffer = buffer[:length], buffer[length:]
+                mode = self.mode
+                self.requests.append((trio.current_time(), mode))
+                if mode == "hang":
+                    await trio.sleep_forever()
+                if mode == "down":
+                    status, answer = b"503 Service Unavailable", b'{"error":"down"}'
+                else:
+                    if self.delay:
+                        await trio.sleep(self.delay)
+                    upstream = await client.post(self.upstream, content=body, headers={
+                        "content-type": "application/json"})
+                    status, answer = b"200 OK", upstream.content
+                await stream.send_all(
+                    b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(answer)).encode() + b"\r\n\r\n" + answer)
