@@ -161,10 +161,11 @@ def parse(name: str, data: Any, *, max_wallets: int = 100, max_users: int = 10_0
     if name == CHAIN_SYNC:
         data = _mapping(data, "data")
         cid = chain_id(data.get("chainId"), "data.chainId")
-        tokens = _tokens(data.get("tokens"), "data.tokens")
         if isinstance(data.get("tokens"), list):  # a plain list: this chain's tokens
-            tokens = {cid: tuple(address(t, f"data.tokens[{i}]")
-                                 for i, t in enumerate(data["tokens"]))}
+            tokens = {cid: tuple(dict.fromkeys(address(t, f"data.tokens[{i}]")
+                                               for i, t in enumerate(data["tokens"])))}
+        else:
+            tokens = _tokens(data.get("tokens"), "data.tokens")
         return UserSync(
             _user_id(data, "data"),
             _wallets(data.get("wallets"), "data.wallets", max_wallets, chain=cid),
