@@ -672,7 +672,9 @@ class Database:
 
     # -- transactions ---------------------------------------------------------------
 
-    async def transaction(self, fn: Callable[[Transaction], T]) -> T:
+    async def transaction(
+        self, fn: Callable[[Transaction], T], *, after_commit: Callable[[T], Any] | None = None
+    ) -> Any:
         """Run ``fn(tx)`` in one transaction in a worker thread; commit; return its result.
 
         Any exception rolls the transaction back and is re-raised;
@@ -680,8 +682,14 @@ class Database:
         ``fn`` may be called a second time, in a fresh transaction, when an
         optimistic step inside it lost a race with another writer (see
         `Transaction.pessimistic`): keep its effects inside the transaction.
+
+        ``after_commit(result)``, if given, runs in the same worker thread
+        once the commit succeeded (the connection already back in the pool),
+        and what it returns is returned instead: for the acknowledgement that
+        must follow the commit (telling Redis), without a second thread hop.
+        Its exceptions propagate as they are; the transaction stays committed.
         """
-        return await self._run(fn)
+        return await self._run(fn, after_commit=after_commit)
 
     async def apply_batch(
         self,
@@ -830,11 +838,14 @@ class Database:
 
     # -- the thread hop -------------------------------------------------------------
 
-    async def _run(self, work: Callable[[Transaction], T], *, readonly: bool = False) -> T:
+    async def _run(
+        self, work: Callable[[Transaction], T], *, readonly: bool = False,
+        after_commit: Callable[[T], Any] | None = None,
+    ) -> T:
         """One hop to a worker thread that runs ``work`` in one transaction."""
         try:
             return await trio.to_thread.run_sync(
-                self._run_in_thread, work, readonly, limiter=self.limiter
+                self._run_in_thread, work, readonly, after_commit, limiter=self.limiter
             )
         except BaseException as exc:
             if self.on_error is not None and isinstance(
@@ -844,7 +855,10 @@ class Database:
                     self.on_error(exc)
             raise
 
-    def _run_in_thread(self, work: Callable[[Transaction], T], readonly: bool) -> T:
+    def _run_in_thread(
+        self, work: Callable[[Transaction], T], readonly: bool,
+        after_commit: Callable[[T], Any] | None = None,
+    ) -> T:
         conn = self._checkout()
         try:
             if not self._ledger_ready:
@@ -856,6 +870,8 @@ class Database:
                 raise self._unavailable(exc) from exc
             raise
         self._release(conn, discard=False)
+        if after_commit is not None:
+            return after_commit(result)
         return result
 
     def _transact(self, conn: Any, work: Callable[[Transaction], T], readonly: bool) -> T:
