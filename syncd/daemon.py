@@ -149,6 +149,7 @@ class Daemon:
             instance=self.config.instance,
             report=runner.report,
             hook=self.pm.hook,
+            stop_deadline=runner.stop_deadline,
         )
 
     # -- running -------------------------------------------------------------------------
