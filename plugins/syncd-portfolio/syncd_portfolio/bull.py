@@ -1,27 +1,23 @@
-"""Interop with BullMQ's Redis layout, through the Python port (asyncio).
+"""The Python port's ``Queue`` (asyncio, through trio-asyncio) for the HTTP API,
+and the names BullMQ gives things.
 
-Everything here runs in asyncio context (called through
-``trio_asyncio.aio_as_trio``). It holds the workarounds a trial of the
-port found necessary (STACK-FACTS.md):
-
-- a connection *dict* with ``socket_timeout: None``: redis-py's default
-  5 s socket timeout equals BullMQ's 5 s blocking wait, so pick-up stalled
-  and ``close()`` could hang;
-- the worker's Redis client name in npm BullMQ's form,
-  ``bull:<base64(queue)>:w:<name>``, so Node's ``getWorkers()`` sees it;
-- BullMQ's own ``moveJobFromActiveToWait`` script (shipped with the port,
-  not wrapped by it) to put a job we stop at shutdown back in ``wait``.
+The port's queue-side API (add, getState, remove, retry, getJobCounts,
+pause) is used as it is, through ``trio_asyncio.aio_as_trio``, with a
+connection *dict* whose ``socket_timeout`` is None: redis-py's default 5 s
+timeout cut BullMQ's blocking waits short in a trial (STACK-FACTS.md). The
+worker side is syncd's own (`syncd_portfolio.protocol`): its blocking
+connection is named as npm BullMQ names its workers,
+``bull:<base64(queue)>:w:<name>``, because Node's ``getWorkers()`` finds
+workers by client name and the port's ``bull:<queue>`` is invisible to it.
 """
 
 from __future__ import annotations
 
 import base64
-import importlib.resources
-import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from bullmq import Job, Queue, Worker
+from bullmq import Job, Queue
 
 #: BullMQ's job states, as ``getState`` names them.
 STATES = ("waiting", "prioritized", "delayed", "active", "completed", "failed",
@@ -61,36 +57,6 @@ def node_client_names(prefix: str, queue: str) -> tuple[str, str, str]:
     return f"{prefix}:{encoded}", f"{prefix}:{queue}", f"{prefix}:{encoded}:w:"
 
 
-async def make_worker(queue: str, processor: Any, opts: dict[str, Any], name: str) -> Worker:
-    """Build (not start) a worker, named so that Node's ``getWorkers()`` lists it.
-
-    Must be called in asyncio context: the port's constructor touches the loop.
-    """
-    worker = Worker(queue, processor, {**opts, "autorun": False})
-    client_name = worker_client_name(opts.get("prefix", "bull"), queue, name)
-    worker.clientName = client_name
-    await worker.backend.setName(client_name)
-    worker._client_name_set = True  # else run() renames it to the port's form
-    text = (importlib.resources.files("bullmq") / "commands" /
-            "moveJobFromActiveToWait-9.lua").read_text()
-    worker.move_to_wait = worker.client.register_script(text)
-    return worker
-
-
-async def move_to_wait(worker: Worker, job: Job, token: str) -> int:
-    """Put an active job we hold back in ``wait`` (or prioritized), lock released.
-
-    Nothing is counted against its attempts; the processor must raise
-    ``DelayedError`` afterwards so the worker does not also finish it.
-    """
-    keys = worker.keys
-    return await worker.move_to_wait(
-        keys=[keys["active"], keys["wait"], keys["stalled"], keys["paused"], keys["meta"],
-              keys["limiter"], keys["prioritized"], keys["marker"], keys["events"]],
-        args=[job.id, token, keys[""] + job.id],
-    )
-
-
 def make_queue(queue: str, opts: dict[str, Any]) -> Queue:
     return Queue(queue, opts)
 
@@ -115,5 +81,3 @@ def job_view(job: Job, state: str) -> dict[str, Any]:
     }
 
 
-def now_ms() -> int:
-    return round(time.time() * 1000)

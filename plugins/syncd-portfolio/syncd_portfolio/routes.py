@@ -136,7 +136,7 @@ def routes(worker: PortfolioWorker) -> list[syncd.Route]:
             except Exception:  # locked: it became active meanwhile
                 state = "active"
             else:
-                await worker._record(job, "removed", attempts=job.attemptsMade)
+                await worker.record(job, "removed", attempts=job.attemptsMade)
                 return {"id": job_id, "name": job.name, "state": "removed"}
         if state != "active":
             return _error(409, f"job {job_id} is {state}; only waiting, delayed or active "

@@ -1,50 +1,52 @@
 """The portfolio worker: BullMQ's queue, Trio's cancel scopes.
 
-The BullMQ port (asyncio) takes jobs, holds their locks, checks for stalled
-jobs and moves each job to completed, delayed (retry with backoff) or
-failed with BullMQ's own scripts, so npm BullMQ producers, ``getJobCounts``,
-``QueueEvents`` and bull-board see a normal queue. What each job *does*
-runs as a Trio task in its own cancel scope (``trio_asyncio.trio_as_aio``):
+Jobs are taken from a BullMQ queue with BullMQ's own Lua scripts (see
+`syncd_portfolio.protocol`), so npm BullMQ producers, ``getJobCounts``,
+``QueueEvents``, ``getWorkers`` and bull-board see a normal queue and a
+normal worker. Each job then runs as a Trio task in its own cancel scope:
 
 - ``timeout`` really cancels the attempt (its HTTP requests are closed),
   and the attempt is retried with exponential backoff;
 - ``DELETE /jobs/:id`` cancels the scope on whichever replica runs the job
   (a pub/sub message every replica listens to); the job fails with reason
   ``cancelled`` and is never retried;
-- at shutdown, jobs get until the ``shutdown_grace`` deadline to finish;
-  the rest are cancelled and put back in ``wait`` (not failed, not left in
-  ``active``).
+- at shutdown, intake stops, running jobs get until the shutdown deadline
+  (less a reserve) to finish, and the rest are cancelled and put back in
+  ``wait``: not failed, not left in ``active``.
 
-The port's worker loop runs as an asyncio task, not a Trio one: cancelled
-from Trio, its ``finally`` cancels jobs in flight with a ``CancelledError``
-nothing catches, and they stay ``active`` (STACK-FACTS.md). So job tasks
-live in the trio-asyncio loop, outside the plugin's intake scope, and the
-final ``flush`` (shielded, under the grace deadline) is what drains them.
+Redis work goes through sync redis-py in worker threads, batched: one
+thread hop takes up to ``concurrency`` jobs, one finishes every job that
+ended meanwhile, and job outcomes reach ``portfolio_jobs`` in group commits.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import httpx
+import redis
 import trio
 import trio_asyncio
-from bullmq import DelayedError, Job, UnrecoverableError
+from bullmq import Job
 
 import syncd
 from syncd_portfolio import bull, jobs, store
 from syncd_portfolio.breaker import CircuitBreaker
 from syncd_portfolio.config import PortfolioConfig
 from syncd_portfolio.metrics import JobMetrics
+from syncd_portfolio.outcomes import Outcomes
+from syncd_portfolio.protocol import Op, Protocol, backoff_ms, error_of, now_ms
 from syncd_portfolio.provider import NATIVE, EvmProvider, Provider, TokenInfo
 
 #: Seconds kept, out of the shutdown deadline, to put unfinished jobs back in wait.
 REQUEUE_RESERVE = 2.0
+#: Longest blocking wait for a job, in a thread: bounds how late a stop is noticed.
+BLOCK = 1.0
 #: Seconds between two refreshes of this replica's entry in the workers registry.
 REGISTRY_EVERY = 2.0
 #: How long a cancel request is remembered for a job not (yet) running here.
@@ -56,15 +58,19 @@ class JobTimeout(Exception):
     """The attempt ran past ``timeout`` and was cancelled."""
 
 
+class Requeued(Exception):
+    """Internal: the job went back to wait or delayed without an attempt counted."""
+
+
 @attrs.define(eq=False)
 class ActiveJob:
     """A job attempt running on this replica, and how to stop it."""
 
     job: Job
-    token: str
     scope: trio.CancelScope
     started: float
     reason: str | None = None  # why the scope was cancelled: cancelled | shutdown
+    next_job: Job | None = None  # taken by the call that finished this one
 
     def cancel(self, reason: str) -> None:
         if self.reason is None:
@@ -79,25 +85,32 @@ class PortfolioWorker:
     ctx: syncd.PluginContext
     interval: float | None = None
     metrics: JobMetrics = attrs.field(init=False)
+    protocol: Protocol = attrs.field(init=False)
     active: dict[str, ActiveJob] = attrs.Factory(dict)
     breakers: dict[str, CircuitBreaker] = attrs.Factory(dict)
     providers: dict[int, Provider] = attrs.Factory(dict)
     tokens: dict[tuple[int, str], TokenInfo] = attrs.Factory(dict)
-    bull_worker: Any = None
     queue: Any = None
     http: httpx.AsyncClient | None = None
+    _running: trio.Nursery | None = None
+    worker_id: str = attrs.Factory(lambda: uuid.uuid4().hex)
     stopping: bool = False
-    stopped: bool = False
-    paused_here: bool = False
+    taking: bool = False  # False while paused (or before start): no job will be taken
     _cancels: dict[str, float] = attrs.Factory(dict)
     _idle: trio.Event = attrs.Factory(trio.Event)
+    _slot: trio.Event = attrs.Factory(trio.Event)
+    _jobs_done: trio.Event = attrs.Factory(trio.Event)
+    _tokens_made: int = 0
     _tables: store.Tables = attrs.field(init=False)
+    _outcomes: Outcomes = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         cfg = self.config
         self.metrics = JobMetrics.create(self.ctx.metrics)
         self._tables = store.Tables(cfg.jobs_table, cfg.balances_table, cfg.tokens_table)
         self._idle.set()
+        self.protocol = Protocol(cfg.queue, cfg.prefix, int(float(cfg.lock_duration) * 1000))
+        self._outcomes = Outcomes(self.database, cfg.jobs_table, self.ctx.redis, self.protocol)
 
     @property
     def config(self) -> PortfolioConfig:
@@ -116,67 +129,75 @@ class PortfolioWorker:
     def registry_key(self) -> str:
         return syncd.slot_key(self.config.queue, "syncd-workers")
 
-    def bull_opts(self) -> dict[str, Any]:
-        cfg = self.config
-        return {
-            "connection": bull.connection(self.ctx.redis.url),
-            "prefix": cfg.prefix,
-            "concurrency": cfg.concurrency,
-            "lockDuration": int(float(cfg.lock_duration) * 1000),
-            "stalledInterval": int(float(cfg.stalled_interval) * 1000),
-            "maxStalledCount": cfg.max_stalled,
-            "removeOnComplete": {"count": cfg.keep_completed},
-            "removeOnFail": {"count": cfg.keep_failed},
-        }
+    @property
+    def client_name(self) -> str:
+        """How npm BullMQ's ``getWorkers()`` will name this replica's worker."""
+        return bull.worker_client_name(self.config.prefix, self.config.queue,
+                                       f"syncd-{self.ctx.instance}")
 
     # -- the Worker protocol -------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Tables, providers, the BullMQ worker; then listen for cancels until stopped."""
+        """Tables, providers; then take jobs until stopped, and stop gracefully.
+
+        Jobs run in a nursery shielded from the intake's cancellation: when
+        the daemon stops the plugin, intake ends at once, and running jobs
+        get until the shutdown deadline to finish (`_drain`).
+        """
         cfg = self.config
         if cfg.create_tables:
             made = await store.ensure_schema_once(self.database, self._tables)
             if made:
                 self.ctx.log.info("created", extra={"tables": ",".join(made)})
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100))
-        self._build_providers()
-        self.queue = await trio_asyncio.aio_as_trio(self._open_queue)()
-        crashed = True
+        blocking = self._blocking_client()
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self._listen_cancels)
-                self.bull_worker = await trio_asyncio.aio_as_trio(self._start_bull)()
-                nursery.start_soon(self._serve_registry)
-                nursery.start_soon(self._follow_gate)
-                task_status.started()
-                self.ctx.log.info("taking jobs", extra={
-                    "queue": cfg.queue, "concurrency": cfg.concurrency,
-                    "chains": ",".join(map(str, sorted(self.providers))) or "-"})
-            crashed = False
-        except BaseException as exc:
-            crashed = not _only_cancelled(exc)
-            raise
+            self._build_providers()
+            self.queue = await trio_asyncio.aio_as_trio(self._open_queue)()
+            async with trio.open_nursery() as intake:
+                running = self._running = await intake.start(self._hold_jobs)
+                try:
+                    await intake.start(self._listen_cancels)
+                    # Named as npm BullMQ names its workers: getWorkers() lists it.
+                    await trio.to_thread.run_sync(blocking.ping)
+                    intake.start_soon(self._serve_registry)
+                    intake.start_soon(self._check_stalled)
+                    task_status.started()
+                    self.ctx.log.info("taking jobs", extra={
+                        "queue": cfg.queue, "concurrency": cfg.concurrency,
+                        "chains": ",".join(map(str, sorted(self.providers))) or "-"})
+                    await self._take_jobs(running, blocking)
+                finally:
+                    self.stopping = True
+                    if self.ctx.stop_deadline is not None:
+                        deadline = self.ctx.stop_deadline()
+                    else:
+                        deadline = trio.current_time() + 2 * REQUEUE_RESERVE
+                    with trio.CancelScope(shield=True, deadline=deadline):
+                        await self._drain(deadline)
+                    self._jobs_done.set()
         finally:
-            self.stopping = True
-            if crashed or self.ctx.gate.paused:
-                # No final flush will come (a crash, or paused: the core
-                # skips it), so stop now: jobs back to wait, worker closed.
-                with trio.CancelScope(shield=True):
-                    with trio.move_on_after(REQUEUE_RESERVE * 3):
-                        await self._stop(trio.current_time())
+            with trio.CancelScope(shield=True), trio.move_on_after(REQUEUE_RESERVE):
+                await self._close(blocking)
+
+    async def _hold_jobs(
+        self, *, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The nursery jobs run in, shielded from the intake's cancellation.
+
+        It closes once `run` has drained it (``_jobs_done``); the lock renewer
+        lives here too, since a job that keeps running must keep its lock.
+        """
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as running:
+                running.start_soon(self._renew_locks)
+                task_status.started(running)
+                await self._jobs_done.wait()
+                running.cancel_scope.cancel()
 
     async def flush(self) -> syncd.SyncResult:
-        """At shutdown: let running jobs finish until the deadline, requeue the rest.
-
-        Jobs are not batched, so outside shutdown there is nothing to flush.
-        """
-        if not self.stopping or self.stopped:
-            return syncd.SyncResult()
-        deadline = trio.current_effective_deadline()
-        running = len(self.active)
-        await self._stop(deadline - min(REQUEUE_RESERVE, max(0.0, deadline -
-                                                             trio.current_time()) / 2))
-        return syncd.SyncResult(detail={"running_at_stop": running})
+        """Jobs are not batched: there is nothing pending to flush (``run`` drains)."""
+        return syncd.SyncResult()
 
     async def backlog(self) -> int:
         """Jobs waiting or running; also refreshes the queue gauges."""
@@ -186,6 +207,15 @@ class PortfolioWorker:
         return sum(counts.get(s, 0) for s in ("waiting", "prioritized", "delayed", "active"))
 
     # -- start and stop --------------------------------------------------------------------
+
+    def _blocking_client(self) -> redis.Redis:
+        """One connection for the blocking wait on the queue's marker, named for getWorkers()."""
+        pool_kwargs = self.ctx.redis.client.connection_pool.connection_kwargs
+        kwargs = {k: v for k, v in pool_kwargs.items()
+                  if k in ("host", "port", "db", "username", "password", "path")}
+        return redis.Redis(**kwargs, client_name=self.client_name,
+                           socket_timeout=BLOCK + 10, socket_connect_timeout=5,
+                           single_connection_client=True)
 
     def _build_providers(self) -> None:
         assert self.http is not None
@@ -217,68 +247,126 @@ class PortfolioWorker:
         self.ctx.log.warning("circuit %s", state, extra={"endpoint": endpoint})
 
     async def _open_queue(self) -> Any:
+        # The port's Queue, for the HTTP API (add, getState, remove, retry, counts).
         return bull.make_queue(self.config.queue, {
             "connection": bull.connection(self.ctx.redis.url), "prefix": self.config.prefix})
 
-    async def _start_bull(self) -> Any:
-        worker = await bull.make_worker(
-            self.config.queue, self._process, self.bull_opts(), f"syncd-{self.ctx.instance}")
-        worker.on("error", self._bull_error)
-        worker.run_task = asyncio.ensure_future(worker.run())
-        return worker
-
-    def _bull_error(self, error: Any, *args: Any) -> None:
-        self.ctx.metrics.error("bullmq")
-        self.ctx.log.warning("bullmq worker error", extra={"error": str(error)[:300]})
-
-    async def _stop(self, requeue_at: float) -> None:
-        """Stop taking jobs; wait for running ones until ``requeue_at``; requeue the rest."""
-        if self.stopped:
-            return
-        self.stopped = True
-        worker = self.bull_worker
-        closing = None
-        if worker is not None:
-            closing = await trio_asyncio.aio_as_trio(self._begin_close)(worker)
-        with trio.move_on_at(requeue_at):
+    async def _drain(self, deadline: float) -> None:
+        """Let running jobs finish until shortly before ``deadline``; requeue the rest."""
+        if self.active:
+            self.ctx.log.info("stopping: waiting for running jobs", extra={
+                "jobs": len(self.active),
+                "seconds": round(max(0.0, deadline - trio.current_time()), 3)})
+        reserve = min(REQUEUE_RESERVE, max(0.0, deadline - trio.current_time()) / 2)
+        with trio.move_on_at(deadline - reserve):
             await self._idle.wait()
         for active in list(self.active.values()):
             active.cancel("shutdown")
-        with trio.move_on_after(REQUEUE_RESERVE):
+        with trio.move_on_at(deadline):
             await self._idle.wait()
-            if closing is not None:
-                await trio_asyncio.aio_as_trio(asyncio.shield)(closing)
         if self.active:
             self.ctx.log.warning("jobs still running at the deadline; they come back "
                                  "through BullMQ's stalled check", extra={
                                      "jobs": ",".join(self.active)})
-        with trio.move_on_after(REQUEUE_RESERVE):
-            await trio_asyncio.aio_as_trio(self._close_clients)()
-        if self.http is not None:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await self.http.aclose()
 
-    async def _begin_close(self, worker: Any) -> asyncio.Future[Any]:
-        # close() stops taking jobs at once and waits for running ones.
-        return asyncio.ensure_future(worker.close())
-
-    async def _close_clients(self) -> None:
+    async def _close(self, blocking: redis.Redis) -> None:
+        await trio.to_thread.run_sync(blocking.close)
         if self.queue is not None:
-            await self.queue.close()
+            await trio_asyncio.aio_as_trio(self.queue.close)()
+        if self.http is not None:
+            await self.http.aclose()
 
-    async def _follow_gate(self) -> None:
-        """Pause and resume this replica's BullMQ worker with the plugin's gate."""
+    # -- taking jobs ----------------------------------------------------------------------
+
+    async def _take_jobs(self, running: trio.Nursery, blocking: redis.Redis) -> None:
+        """Take up to the free slots' worth of jobs per round trip; block briefly when none."""
+        cfg = self.config
+        marker = self.protocol.keys["marker"]
         while True:
-            await self.ctx.gate.wait()
-            if self.paused_here:
-                self.paused_here = False
-                self.bull_worker.resume()
+            if self.ctx.gate.paused:
+                self.taking = False
+                self.ctx.log.info("paused: taking no jobs on this replica")
+                await self.ctx.gate.wait()
                 self.ctx.log.info("taking jobs again")
-            await self.ctx.gate.wait_paused()
-            self.paused_here = True
-            # Stops taking jobs now; running ones finish (pause only waits for them).
-            await trio_asyncio.aio_as_trio(self.bull_worker.pause)(True)
-            self.ctx.log.info("paused: no new jobs on this replica")
+            self.taking = True
+            while len(self.active) >= cfg.concurrency:
+                self._slot = trio.Event()
+                await self._slot.wait()
+            free = cfg.concurrency - len(self.active)
+            tokens = [self._token() for _ in range(free)]
+            ops = [self.protocol.move_to_active(token) for token in tokens]
+            results = await self.ctx.redis.run(self.protocol.run, ops)
+            taken, delay_until = 0, 0
+            for token, raw in zip(tokens, results, strict=True):
+                if isinstance(raw, Exception):
+                    raise raw
+                job, until = self.protocol.parse_active(raw, token)
+                delay_until = until or delay_until
+                if job is not None:
+                    taken += 1
+                    self._start(running, job)
+            if taken:
+                continue
+            block = BLOCK
+            if delay_until:
+                block = min(BLOCK, max(0.001, (delay_until - now_ms()) / 1000))
+            # Wait for a new job's marker (or the next delayed job's time).
+            await trio.to_thread.run_sync(blocking.bzpopmin, marker, block)
+
+    def _token(self) -> str:
+        self._tokens_made += 1
+        return f"{self.worker_id}:{self._tokens_made}"
+
+    def _start(self, running: trio.Nursery, job: Job) -> None:
+        active = ActiveJob(job, trio.CancelScope(), trio.current_time())
+        if not self.active:
+            self._idle = trio.Event()
+        self.active[job.id] = active
+        self.metrics.active.set(len(self.active))
+        if job.id in self._cancels:
+            active.cancel("cancelled")
+        running.start_soon(self.run_job, active)
+
+    def _ended(self, job_id: str) -> None:
+        del self.active[job_id]
+        self.metrics.active.set(len(self.active))
+        self._slot.set()
+        if not self.active:
+            self._idle.set()
+
+    async def _renew_locks(self) -> None:
+        """Keep the locks of running jobs, as BullMQ's workers do, every half lock."""
+        every = float(self.config.lock_duration) / 2
+        while True:
+            await trio.sleep(every)
+            running = [a.job for a in self.active.values()]
+            if not running:
+                continue
+            try:
+                [lost] = await self.ctx.redis.run(
+                    self.protocol.run, [self.protocol.extend_locks(running)])
+            except syncd.TransientError as exc:
+                self.ctx.log.warning("could not renew job locks", extra={"error": str(exc)})
+                continue
+            if lost:
+                self.ctx.log.warning("job locks lost (another worker may take them)",
+                                     extra={"jobs": ",".join(map(str, lost))[:300]})
+
+    async def _check_stalled(self) -> None:
+        """BullMQ's stalled check: jobs of dead workers back to wait (one replica per interval)."""
+        cfg = self.config
+        interval_ms = int(float(cfg.stalled_interval) * 1000)
+        while True:
+            op = self.protocol.stalled_check(cfg.max_stalled, interval_ms)
+            try:
+                [moved] = await self.ctx.redis.run(self.protocol.run, [op])
+            except syncd.TransientError as exc:
+                self.ctx.log.warning("stalled check failed", extra={"error": str(exc)})
+            else:
+                if isinstance(moved, list) and moved:
+                    self.ctx.log.info("stalled jobs back to wait", extra={
+                        "jobs": ",".join(str(_text(m)) for m in moved)[:300]})
+            await trio.sleep(float(cfg.stalled_interval))
 
     # -- cancel requests from any replica ---------------------------------------------------
 
@@ -337,6 +425,7 @@ class PortfolioWorker:
             "instance": self.ctx.instance,
             "kind": "syncd",
             "queue": self.config.queue,
+            "client_name": self.client_name,
             "concurrency": self.config.concurrency,
             "paused": self.ctx.gate.paused,
             "at": time.time(),
@@ -349,123 +438,151 @@ class PortfolioWorker:
 
     # -- one job --------------------------------------------------------------------------
 
-    async def _process(self, job: Job, token: str) -> Any:
-        """The port calls this (asyncio) for each job; the work runs as a Trio task."""
-        return await trio_asyncio.trio_as_aio(self.run_job)(job, token)
+    async def run_job(self, active: ActiveJob) -> None:
+        """One attempt of a job, in its own cancel scope, then BullMQ is told how it ended.
 
-    async def run_job(self, job: Job, token: str) -> Any:
-        """One attempt of ``job``, in its own cancel scope.
-
-        Whatever the outcome, it is written to ``portfolio_jobs`` before
-        BullMQ is told; a last failure also goes to the dead letters.
+        The outcome is in ``portfolio_jobs`` before BullMQ hears of it; a last
+        failure is also in the dead letters.
         """
         cfg = self.config
+        job = active.job
         self._apply_defaults(job)
         attempt = job.attemptsMade + 1
         started = time.perf_counter()
-        active = ActiveJob(job, token, trio.CancelScope(), trio.current_time())
-        self.active[job.id] = active
-        self._idle = trio.Event() if len(self.active) == 1 else self._idle
-        self.metrics.active.set(len(self.active))
         self.metrics.attempts.labels(job.name).inc()
-        if job.id in self._cancels:
-            active.cancel("cancelled")
-        outcome = "completed"
+        outcome = "failed"
         try:
-            if job.stalledCounter > await self._stalls_seen(job):
-                # It ran before and its worker died: retry it with its backoff,
-                # not at once as BullMQ's stalled check would.
-                outcome = "requeued"
-                await self._delay_stalled(job, token)
-                raise DelayedError()
-            try:
-                parsed = jobs.parse(job.name, job.data, max_wallets=cfg.max_wallets,
-                                    max_users=cfg.max_users)
-            except jobs.BadJob as exc:
-                outcome = "failed"
-                await self._finish_failed(job, attempt, str(exc), final=True)
-                raise UnrecoverableError(str(exc)) from None
-            result = None
-            active.scope.deadline = active.started + float(cfg.timeout)
-            error: BaseException | None = None
-            with active.scope:
-                try:
-                    result = await self._handle(job, parsed)
-                except jobs.BadJob as exc:
-                    outcome = "failed"
-                    await self._finish_failed(job, attempt, str(exc), final=True)
-                    raise UnrecoverableError(str(exc)) from None
-                except Exception as exc:  # provider, circuit, backend, or a bug: retried
-                    error = exc
-            if active.scope.cancelled_caught:
-                if active.reason == "cancelled":
-                    outcome = "cancelled"
-                    self.metrics.cancellations.labels(job.name).inc()
-                    await self._finish_failed(job, attempt, "cancelled", final=True,
-                                              dead_letter=False)
-                    raise UnrecoverableError("cancelled")
-                if active.reason == "shutdown":
-                    outcome = "requeued"
-                    await trio_asyncio.aio_as_trio(bull.move_to_wait)(
-                        self.bull_worker, job, token)
-                    await self._record(job, "waiting", attempts=job.attemptsMade)
-                    raise DelayedError()
-                self.metrics.timeouts.labels(job.name).inc()
-                error = JobTimeout(f"timed out after {float(cfg.timeout):g}s "
-                                   f"(attempt {attempt} of {job.opts['attempts']})")
-            if error is not None:
-                final = attempt >= int(job.opts.get("attempts") or 1)
-                outcome = "failed" if final else "retried"
-                if not final:
-                    self.metrics.retries.labels(job.name).inc()
-                await self._finish_failed(job, attempt, _reason(error), final=final)
-                raise error
-            await self._record(job, "completed", attempts=attempt, returnvalue=result,
-                               finished=True)
-            return result
+            outcome = await self._attempt(active, attempt)
+        except syncd.TransientError as exc:
+            # Redis or PostgreSQL went away while finishing: the lock expires
+            # and BullMQ's stalled check gives the job back.
+            self.ctx.log.warning("could not finish a job; it comes back when its lock "
+                                 "expires", extra={"job": job.id, "error": str(exc)})
+        except Exception:
+            self.ctx.log.exception("job runner failed", extra={"job": job.id})
         finally:
-            del self.active[job.id]
-            self.metrics.active.set(len(self.active))
-            if not self.active:
-                self._idle.set()
+            self._ended(job.id)
+            if active.next_job is not None:
+                # Same slot, no checkpoint in between: the intake loop never
+                # sees it free, so concurrency holds.
+                self._start(self._running, active.next_job)
             self.metrics.jobs.labels(cfg.queue, job.name, outcome).inc()
             self.metrics.duration.labels(job.name, outcome).observe(
                 time.perf_counter() - started)
 
-    def _apply_defaults(self, job: Job) -> None:
-        """The seed's attempts and backoff for jobs enqueued without them.
+    async def _attempt(self, active: ActiveJob, attempt: int) -> str:
+        """Run the attempt and finish it in BullMQ; return the outcome's name."""
+        cfg = self.config
+        job = active.job
+        if job.stalledCounter > await self._stalls_seen(job):
+            # It ran before and its worker died: retry it with its backoff,
+            # not at once as BullMQ's stalled check did.
+            await self._delay_stalled(active)
+            return "requeued"
+        if active.reason == "cancelled":  # asked before it started
+            await self._fail(active, attempt, "cancelled", dead_letter=False)
+            self.metrics.cancellations.labels(job.name).inc()
+            return "cancelled"
+        try:
+            parsed = jobs.parse(job.name, job.data, max_wallets=cfg.max_wallets,
+                                max_users=cfg.max_users)
+        except jobs.BadJob as exc:
+            await self._fail(active, attempt, str(exc))
+            return "failed"
+        active.scope.deadline = active.started + float(cfg.timeout)
+        result: Any = None
+        error: BaseException | None = None
+        bad: str | None = None
+        with active.scope:
+            try:
+                result = await self._handle(job, parsed)
+            except jobs.BadJob as exc:
+                bad = str(exc)
+            except Exception as exc:  # provider, circuit, backend, or a bug: retried
+                error = exc
+        if bad is not None:
+            await self._fail(active, attempt, bad)
+            return "failed"
+        if active.scope.cancelled_caught:
+            if active.reason == "cancelled":
+                self.metrics.cancellations.labels(job.name).inc()
+                await self._fail(active, attempt, "cancelled", dead_letter=False)
+                return "cancelled"
+            if active.reason == "shutdown":
+                await self._finish(active, self.protocol.back_to_wait(job),
+                                   self._outcome(job, "waiting", attempts=job.attemptsMade))
+                return "requeued"
+            self.metrics.timeouts.labels(job.name).inc()
+            error = JobTimeout(f"timed out after {float(cfg.timeout):g}s "
+                               f"(attempt {attempt} of {job.attempts})")
+        if error is not None:
+            reason = _reason(error)
+            if attempt < job.attempts:
+                self.metrics.retries.labels(job.name).inc()
+                delay = backoff_ms(job.opts.get("backoff"), attempt)
+                self.ctx.log.info("job attempt failed; retrying", extra={
+                    "job": job.id, "name": job.name, "attempt": attempt,
+                    "in_seconds": delay / 1000, "reason": reason[:300]})
+                await self._finish(active, self.protocol.retry_later(job, reason, delay),
+                                   self._outcome(job, "delayed", attempts=attempt,
+                                                 failed_reason=reason))
+                return "retried"
+            await self._fail(active, attempt, reason)
+            return "failed"
+        await self._finish(
+            active,
+            self.protocol.completed(job, result, cfg.keep_completed,
+                                    fetch_next=self._fetch_next()),
+            self._outcome(job, "completed", attempts=attempt, returnvalue=result,
+                          finished=True))
+        return "completed"
 
-        The port reads ``job.opts`` in memory when the attempt fails, so the
-        defaults must be there before the first failure.
-        """
+    async def _finish(self, active: ActiveJob, op: Op, record: store.JobRecord) -> None:
+        """Commit the job's record, then tell BullMQ (batched with other jobs)."""
+        job = active.job
+        result = await self._outcomes.send(record, op)
+        problem = error_of(result)
+        if problem is None and op.script == "moveToFinished" and op.args[5]:
+            active.next_job, _ = self.protocol.parse_active(result, job.token)
+        if problem is not None:
+            # Typically: the lock expired (a stall) and another worker has the job.
+            self.ctx.metrics.error("bullmq")
+            self.ctx.log.warning("BullMQ refused to finish the job", extra={
+                "job": job.id, "script": op.script, "error": problem})
+
+    def _apply_defaults(self, job: Job) -> None:
+        """The seed's attempts and backoff for jobs enqueued without them."""
         cfg = self.config
         if not job.opts.get("attempts"):
             job.opts["attempts"] = cfg.attempts
+        job.attempts = int(job.opts["attempts"])
         if not job.opts.get("backoff"):
             job.opts["backoff"] = {"type": "exponential", "delay": int(float(cfg.backoff) * 1000)}
 
     async def _stalls_seen(self, job: Job) -> int:
         if not job.stalledCounter:
             return 0
-        key = f"{self.config.prefix}:{self.config.queue}:{job.id}"
+        key = self.protocol.job_key(job.id)
         seen = await self.ctx.redis.run(lambda c: c.hget(key, "syncdStalls"))
         return int(seen or 0)
 
-    async def _delay_stalled(self, job: Job, token: str) -> None:
-        cfg = self.config
-        key = f"{cfg.prefix}:{cfg.queue}:{job.id}"
+    async def _delay_stalled(self, active: ActiveJob) -> None:
+        job = active.job
+        key = self.protocol.job_key(job.id)
         await self.ctx.redis.run(lambda c: c.hset(key, "syncdStalls", job.stalledCounter))
-        delay = float(cfg.backoff) * 2 ** max(0, job.attemptsMade)
-        until = bull.now_ms() + int(delay * 1000)
-        await trio_asyncio.aio_as_trio(job.moveToDelayed)(until, token)
+        delay = backoff_ms(job.opts.get("backoff"), max(1, job.attemptsMade + 1))
         self.ctx.log.info("stalled job retried with backoff", extra={
-            "job": job.id, "in_seconds": round(delay, 3)})
-        await self._record(job, "delayed", attempts=job.attemptsMade,
-                           failed_reason="stalled (its worker stopped answering)")
+            "job": job.id, "in_seconds": delay / 1000})
+        reason = "stalled: its worker stopped answering"
+        await self._finish(
+            active, self.protocol.retry_later(job, reason, max(delay, 1), count_attempt=False),
+            self._outcome(job, "delayed", attempts=job.attemptsMade, failed_reason=reason))
 
-    async def _finish_failed(self, job: Job, attempt: int, reason: str, *, final: bool,
-                             dead_letter: bool = True) -> None:
-        if final and dead_letter:
+    async def _fail(self, active: ActiveJob, attempt: int, reason: str, *,
+                    dead_letter: bool = True) -> None:
+        """The last failure: recorded, dead-lettered, then failed in BullMQ (no retry)."""
+        job = active.job
+        if dead_letter:
             letter = syncd.DeadLetter(
                 self.config.dead_letter_key,
                 json.dumps({"id": job.id, "name": job.name, "data": job.data,
@@ -474,20 +591,30 @@ class PortfolioWorker:
                 reason, self.ctx.name, source=self.config.queue)
             await syncd.push_dead_letters(self.ctx.redis, [letter])
             self.ctx.report(syncd.SyncResult(dead_lettered=1), None)
-        self.ctx.log.info("job failed" if final else "job attempt failed; retrying", extra={
+        self.ctx.log.info("job failed", extra={
             "job": job.id, "name": job.name, "attempt": attempt, "reason": reason[:300]})
-        await self._record(job, "failed" if final else "delayed", attempts=attempt,
-                           failed_reason=reason, finished=final)
+        await self._finish(
+            active,
+            self.protocol.failed(job, reason, self.config.keep_failed,
+                                 fetch_next=self._fetch_next()),
+            self._outcome(job, "failed", attempts=attempt, failed_reason=reason,
+                          finished=True))
 
-    async def _record(self, job: Job, state: str, *, attempts: int,
-                      failed_reason: str | None = None, returnvalue: Any = None,
-                      finished: bool = False) -> None:
-        record = store.JobRecord(
+    def _fetch_next(self) -> bool:
+        """Whether a finishing job may take the next one in the same call."""
+        return not self.stopping and not self.ctx.gate.paused
+
+    def _outcome(self, job: Job, state: str, *, attempts: int,
+                 failed_reason: str | None = None, returnvalue: Any = None,
+                 finished: bool = False) -> store.JobRecord:
+        return store.JobRecord(
             self.config.queue, job.id, job.name, job.data, state, attempts, failed_reason,
-            returnvalue, job.timestamp, job.processedOn or bull.now_ms(),
-            bull.now_ms() if finished else None)
-        table = self.config.jobs_table
-        await self.database.transaction(lambda tx: store.record_jobs(tx, table, [record]))
+            returnvalue, job.timestamp, job.processedOn or now_ms(),
+            now_ms() if finished else None)
+
+    async def record(self, job: Job, state: str, *, attempts: int) -> None:
+        """Write a job's state to ``portfolio_jobs`` (no BullMQ call): removed, retried."""
+        await self._outcomes.send(self._outcome(job, state, attempts=attempts))
 
     # -- what jobs do --------------------------------------------------------------------------
 
@@ -544,9 +671,10 @@ class PortfolioWorker:
         provider = self.provider(chain)
         async with self._breaker(provider.endpoint).guard():
             found = await provider.token_metadata(list(tokens))
-        table = self.config.tokens_table
-        await self.database.transaction(
-            lambda tx: store.upsert_tokens(tx, table, chain, found.values()))
+        if found:
+            table = self.config.tokens_table
+            await self.database.transaction(
+                lambda tx: store.upsert_tokens(tx, table, chain, found.values()))
         for token, info in found.items():
             self.tokens[(chain, token)] = info
         return {"chainId": chain, "tokens": [attrs.asdict(i) for i in found.values()]}
@@ -597,7 +725,7 @@ class PortfolioWorker:
             job = (await self.enqueue_bulk([{"name": doc["name"], "data": doc["data"],
                                              "opts": opts}]))[0]
         await self._drop_dead_letters(job_id)
-        await self._record(job, "waiting", attempts=0)
+        await self.record(job, "waiting", attempts=0)
         self.ctx.log.info("job retried", extra={"job": job_id})
         return {"id": job_id, "name": job.name, "state": "waiting"}
 

@@ -174,7 +174,7 @@ class TestCancel:
             async with portfolio(prefix, pg_url, url) as (front, http):
                 # This replica takes no jobs: the other one will run it.
                 assert (await http.post("/workers/pause")).json()["paused"] is True
-                await wait_for(lambda: front.runners["portfolio"].worker.paused_here)
+                await wait_for(lambda: not front.runners["portfolio"].worker.taking)
                 async with portfolio(prefix, pg_url, url) as (back, _):
                     [job_id] = await add(producer, queue, [
                         {"name": "token-metadata",
