@@ -8,6 +8,7 @@ never upper bounds set by the machine's speed.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,7 +18,7 @@ import redis
 import syncd_portfolio
 import trio
 from conftest import user_job
-from portfolio_support import FlakyRPC, Ganache, Producer, pg_rows, section
+from portfolio_support import NODE_DIR, FlakyRPC, Ganache, Producer, pg_rows, section
 from test_sync import fund, new_wallet
 
 from syncd.testing import REDIS_URL, daemon_config, run_daemon, wait_for
@@ -307,6 +308,19 @@ class TestHttpApi:
             assert workers["syncd"][0]["instance"] == daemon.config.instance
             names = await trio.to_thread.run_sync(producer.workers, queue)
             assert any(name.endswith(f":w:syncd-{daemon.config.instance}") for name in names)
+            # A Node worker of the same queue is listed too.
+            node_worker = await trio.lowlevel.open_process(
+                ["node", str(NODE_DIR / "peer.js"), "work", queue, "1", "1000000"],
+                env={**os.environ, "REDIS_URL": REDIS_URL})
+            try:
+                async def node_listed() -> bool:
+                    listed = (await http.get("/workers")).json()["workers"]
+                    return any(w["worker"] is None for w in listed)
+
+                await wait_for(node_listed, timeout=30)
+            finally:
+                node_worker.kill()
+                await node_worker.wait()
 
             paused = await http.post("/workers/pause", params={"scope": "queue"})
             assert paused.json() == {"scope": "queue", "queue": queue, "paused": True}
@@ -365,3 +379,31 @@ class TestShutdown:
             assert counts["completed"] == 1, counts
             assert counts["active"] == 0
             nursery.cancel_scope.cancel()
+
+
+class TestBulk:
+    """bulk-user-sync fans out one portfolio-sync per user, with ids that a
+    re-run cannot duplicate; chain-sync reads one chain."""
+
+    async def test_fan_out(self, prefix: str, tables: str, pg_url: str, ganache: Ganache,
+                           tokens: list[str], producer: Producer) -> None:
+        queue = f"{prefix}_q"
+        users = [user_job(f"bulk{i}", [new_wallet()], tokens[:1]) for i in range(3)]
+        chain = {"userId": "chainy", "chainId": 1337, "wallets": [new_wallet()],
+                 "tokens": tokens}
+        [bulk, chained] = await add(producer, queue, [
+            {"name": "bulk-user-sync", "data": {"users": users}, "opts": {"priority": 5}},
+            {"name": "chain-sync", "data": chain}])
+        async with portfolio(prefix, pg_url, ganache.url) as (_, http):
+            await wait_for(lambda: state_is(http, bulk, "completed"), timeout=30)
+            children = (await job(http, bulk))["returnvalue"]["children"]
+            assert children == [f"{bulk}-u{i}" for i in range(3)]
+            await wait_for(lambda: all_done(http, [*children, chained]), timeout=30)
+            # The same fan-out again (a retried parent) adds nobody.
+            await add(producer, queue, [{"name": "portfolio-sync", "data": users[0],
+                                         "opts": {"jobId": children[0]}}])
+            counts = await trio.to_thread.run_sync(producer.counts, queue)
+            assert counts["completed"] == 5 and counts["waiting"] == 0, counts
+        rows = pg_rows(pg_url, f'SELECT user_id, count(*) FROM "{prefix}_balances" '
+                               'GROUP BY user_id ORDER BY user_id')
+        assert rows == [("bulk0", 2), ("bulk1", 2), ("bulk2", 2), ("chainy", 4)]

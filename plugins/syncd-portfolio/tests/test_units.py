@@ -9,6 +9,7 @@ import trio.testing
 from syncd_portfolio import abi, jobs
 from syncd_portfolio.breaker import CircuitBreaker, CircuitOpen
 from syncd_portfolio.config import PortfolioConfig
+from syncd_portfolio.protocol import Protocol, backoff_ms, error_of
 
 import syncd
 from syncd.config import structure
@@ -188,3 +189,32 @@ class TestProviderHook:
 
         with pytest.raises(ConfigError):
             get_plugin_manager([Typo(), syncd_portfolio], autoload=False)
+
+
+class TestProtocol:
+    """BullMQ's backoff strategies and script error codes, as its Node workers read them."""
+
+    def test_backoff(self) -> None:
+        exponential = {"type": "exponential", "delay": 5000}
+        assert [backoff_ms(exponential, n) for n in (1, 2, 3)] == [5000, 10000, 20000]
+        assert backoff_ms({"type": "fixed", "delay": 300}, 3) == 300
+        assert backoff_ms(250, 2) == 250
+        assert backoff_ms(None, 1) == 0
+
+    def test_errors(self) -> None:
+        assert error_of(-2) == "lock is missing"
+        assert error_of(-99) == "BullMQ error code -99"
+        assert error_of(0) is None and error_of([b"data"]) is None
+        assert error_of(ValueError("NOSCRIPT")) == "NOSCRIPT"
+
+    def test_parse_active(self) -> None:
+        protocol = Protocol("q", "bull", 30000)
+        raw = [[b"name", b"portfolio-sync", b"data", b'{"userId": "u"}', b"opts",
+                b'{"attempts": 3}', b"timestamp", b"1", b"atm", b"1", b"stc", b"2"],
+               b"7", 0, 0]
+        job, until = protocol.parse_active(raw, "tok")
+        assert job is not None and until == 0
+        assert (job.id, job.name, job.data, job.attemptsMade, job.stalledCounter, job.token) == (
+            "7", "portfolio-sync", {"userId": "u"}, 1, 2, "tok")
+        assert protocol.parse_active([0, 0, 0, 1234], "tok") == (None, 1234)
+        assert protocol.parse_active(None, "tok") == (None, 0)
