@@ -122,9 +122,13 @@ class JobRecord:
     finished_ms: int | None = None
 
 
-def record_jobs(tx: syncd.Transaction, table: str, records: Sequence[JobRecord]) -> None:
+def record_jobs(tx: syncd.Transaction, table: str, records: Sequence[JobRecord], *,
+                synchronous_commit_off: bool = False) -> None:
+    """Upsert job records; ``synchronous_commit_off`` lets the commit skip its WAL flush."""
     if not records:
         return
+    if synchronous_commit_off:
+        tx.execute("SET LOCAL synchronous_commit TO OFF")
     now = datetime.now(UTC)
     rows = [
         (r.queue, r.id, r.name, _json(r.data), r.state, r.attempts, r.failed_reason,
