@@ -201,7 +201,10 @@ class PortfolioWorker:
 
     async def backlog(self) -> int:
         """Jobs waiting or running; also refreshes the queue gauges."""
-        counts = await trio_asyncio.aio_as_trio(self.queue.getJobCounts)(*bull.STATES)
+        try:
+            counts = await trio_asyncio.aio_as_trio(self.queue.getJobCounts)(*bull.STATES)
+        except (redis.RedisError, OSError) as exc:
+            raise syncd.RedisUnavailable(f"redis: {exc}") from exc
         for state, n in counts.items():
             self.metrics.queue.labels(self.config.queue, state).set(n)
         return sum(counts.get(s, 0) for s in ("waiting", "prioritized", "delayed", "active"))
@@ -311,7 +314,10 @@ class PortfolioWorker:
             if delay_until:
                 block = min(BLOCK, max(0.001, (delay_until - now_ms()) / 1000))
             # Wait for a new job's marker (or the next delayed job's time).
-            await trio.to_thread.run_sync(blocking.bzpopmin, marker, block)
+            try:
+                await trio.to_thread.run_sync(blocking.bzpopmin, marker, block)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                raise syncd.RedisUnavailable(f"redis: {exc}") from exc
 
     def _token(self) -> str:
         self._tokens_made += 1
