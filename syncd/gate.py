@@ -16,7 +16,6 @@ class PauseGate:
     """
 
     _open: trio.Event = attrs.field(factory=trio.Event)
-    _closed: trio.Event = attrs.field(factory=trio.Event)
     paused: bool = False
 
     def __attrs_post_init__(self) -> None:
@@ -26,23 +25,14 @@ class PauseGate:
         if not self.paused:
             self.paused = True
             self._open = trio.Event()
-            self._closed.set()
 
     def resume(self) -> None:
         if self.paused:
             self.paused = False
             self._open.set()
-            self._closed = trio.Event()
 
     async def wait(self) -> None:
         """Return at once when open; otherwise wait for resume."""
         while self.paused:
             await self._open.wait()
-        await trio.lowlevel.checkpoint()
-
-    async def wait_paused(self) -> None:
-        """Return once paused: for plugins whose intake must be told to stop
-        (a library's own worker loop) rather than checking at each batch."""
-        while not self.paused:
-            await self._closed.wait()
         await trio.lowlevel.checkpoint()
