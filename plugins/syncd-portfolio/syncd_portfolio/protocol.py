@@ -14,6 +14,7 @@ workers, ``QueueEvents`` and ``getJobCounts`` see a normal BullMQ queue.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import json
 import time
@@ -26,6 +27,7 @@ import msgpack
 import redis
 from bullmq import Job
 from bullmq.scripts import Scripts
+from redis.exceptions import NoScriptError
 
 SCRIPTS = {
     "moveToActive": "moveToActive-11.lua",
@@ -75,8 +77,8 @@ class Protocol:
     lock_ms: int
     scripts: Scripts = attrs.field(init=False)
     _stub: Any = attrs.field(init=False)
-    _loaded: dict[str, redis.commands.core.Script] = attrs.Factory(dict)
     _source: dict[str, str] = attrs.Factory(dict)
+    _sha: dict[str, str] = attrs.Factory(dict)
 
     def __attrs_post_init__(self) -> None:
         # The port's Scripts only reads `commands` from its connection when a
@@ -90,6 +92,7 @@ class Protocol:
         commands = importlib.resources.files("bullmq") / "commands"
         for name, filename in SCRIPTS.items():
             self._source[name] = (commands / filename).read_text()
+            self._sha[name] = hashlib.sha1(self._source[name].encode()).hexdigest()
 
     @property
     def keys(self) -> dict[str, str]:
@@ -98,17 +101,28 @@ class Protocol:
     def job_key(self, job_id: str) -> str:
         return f"{self.keys['']}{job_id}"
 
-    def script(self, client: redis.Redis, name: str) -> Any:
-        found = self._loaded.get(name)
-        if found is None:
-            found = self._loaded[name] = client.register_script(self._source[name])
-        return found
-
     def run(self, client: redis.Redis, ops: Sequence[Op]) -> list[Any]:
-        """Every op in one pipeline (one round trip); their results, errors included."""
+        """Every op in one pipeline (one round trip); their results, errors included.
+
+        EVALSHA directly: redis-py's script objects make every pipeline ask
+        SCRIPT EXISTS first, a second round trip. A script the server does
+        not know (first use, or Redis restarted) is loaded and its ops run
+        again: a NOSCRIPT reply means the script did not run.
+        """
+        results = self._evalsha(client, ops)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            for name in {ops[i].script for i in missing}:
+                client.script_load(self._source[name])
+            again = self._evalsha(client, [ops[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        return results
+
+    def _evalsha(self, client: redis.Redis, ops: Sequence[Op]) -> list[Any]:
         with client.pipeline(transaction=False) as pipe:
             for op in ops:
-                self.script(client, op.script)(keys=op.keys, args=op.args, client=pipe)
+                pipe.evalsha(self._sha[op.script], len(op.keys), *op.keys, *op.args)
             return pipe.execute(raise_on_error=False)
 
     # -- taking jobs -------------------------------------------------------------------

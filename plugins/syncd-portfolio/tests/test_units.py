@@ -218,3 +218,25 @@ class TestProtocol:
             "7", "portfolio-sync", {"userId": "u"}, 1, 2, "tok")
         assert protocol.parse_active([0, 0, 0, 1234], "tok") == (None, 1234)
         assert protocol.parse_active(None, "tok") == (None, 0)
+
+    def test_unknown_script_is_loaded_and_run(self, prefix: str) -> None:
+        """A NOSCRIPT reply (first use, or Redis restarted) loads the script and runs it."""
+        import hashlib
+        import uuid
+
+        import redis
+
+        from syncd.testing import REDIS_URL
+
+        protocol = Protocol(f"{prefix}_q", "bull", 30000)
+        # A variant of the script no server has seen yet.
+        source = protocol._source["moveToActive"] + f"\n-- {uuid.uuid4().hex}\n"
+        protocol._source["moveToActive"] = source
+        protocol._sha["moveToActive"] = hashlib.sha1(source.encode()).hexdigest()
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            [answer] = protocol.run(client, [protocol.move_to_active("tok")])
+            assert protocol.parse_active(answer, "tok") == (None, 0)  # empty queue, no error
+            assert client.script_exists(protocol._sha["moveToActive"]) == [True]
+        finally:
+            client.close()
