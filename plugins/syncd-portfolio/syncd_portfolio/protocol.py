@@ -151,7 +151,8 @@ class Protocol:
 
     def completed(self, job: Job, value: Any, keep: int, *, fetch_next: bool = False) -> Op:
         """Completed; with ``fetch_next`` the same call takes the next job under the
-        same token (as npm BullMQ's workers do): its answer is `parse_active`'s."""
+        same token (as npm BullMQ's workers do): its answer is `parse_active`'s.
+        The worker does not: a slot is freed before its outcome is sent."""
         keys, args = self.scripts.moveToFinishedArgs(
             job, value, "returnvalue", {"count": keep}, "completed", job.token,
             fetchNext=fetch_next)

@@ -15,8 +15,10 @@ normal worker. Each job then runs as a Trio task in its own cancel scope:
   ``wait``: not failed, not left in ``active``.
 
 Redis work goes through sync redis-py in worker threads, batched: one
-thread hop takes up to ``concurrency`` jobs, one finishes every job that
-ended meanwhile, and job outcomes reach ``portfolio_jobs`` in group commits.
+thread hop takes as many jobs as there are free slots; a job's slot is free
+again as soon as its work is done, while its outcome goes, with the
+outcomes of other jobs, into one ``portfolio_jobs`` commit and one BullMQ
+pipeline (`syncd_portfolio.outcomes`).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class ActiveJob:
     scope: trio.CancelScope
     started: float
     reason: str | None = None  # why the scope was cancelled: cancelled | shutdown
-    next_job: Job | None = None  # taken by the call that finished this one
+    working: bool = True  # False once its work is done and only its outcome is on its way
 
     def cancel(self, reason: str) -> None:
         if self.reason is None:
@@ -92,7 +94,6 @@ class PortfolioWorker:
     tokens: dict[tuple[int, str], TokenInfo] = attrs.Factory(dict)
     queue: Any = None
     http: httpx.AsyncClient | None = None
-    _running: trio.Nursery | None = None
     worker_id: str = attrs.Factory(lambda: uuid.uuid4().hex)
     stopping: bool = False
     taking: bool = False  # False while paused (or before start): no job will be taken
@@ -101,6 +102,7 @@ class PortfolioWorker:
     _slot: trio.Event = attrs.Factory(trio.Event)
     _jobs_done: trio.Event = attrs.Factory(trio.Event)
     _tokens_made: int = 0
+    _working: int = 0
     _tables: store.Tables = attrs.field(init=False)
     _outcomes: Outcomes = attrs.field(init=False)
 
@@ -155,7 +157,7 @@ class PortfolioWorker:
             self._build_providers()
             self.queue = await trio_asyncio.aio_as_trio(self._open_queue)()
             async with trio.open_nursery() as intake:
-                running = self._running = await intake.start(self._hold_jobs)
+                running = await intake.start(self._hold_jobs)
                 try:
                     await intake.start(self._listen_cancels)
                     # Named as npm BullMQ names its workers: getWorkers() lists it.
@@ -292,10 +294,10 @@ class PortfolioWorker:
                 await self.ctx.gate.wait()
                 self.ctx.log.info("taking jobs again")
             self.taking = True
-            while len(self.active) >= cfg.concurrency:
+            while self._working >= cfg.concurrency:
                 self._slot = trio.Event()
                 await self._slot.wait()
-            free = cfg.concurrency - len(self.active)
+            free = cfg.concurrency - self._working
             tokens = [self._token() for _ in range(free)]
             ops = [self.protocol.move_to_active(token) for token in tokens]
             results = await self.ctx.redis.run(self.protocol.run, ops)
@@ -328,15 +330,24 @@ class PortfolioWorker:
         if not self.active:
             self._idle = trio.Event()
         self.active[job.id] = active
+        self._working += 1
         self.metrics.active.set(len(self.active))
         if job.id in self._cancels:
             active.cancel("cancelled")
         running.start_soon(self.run_job, active)
 
-    def _ended(self, job_id: str) -> None:
-        del self.active[job_id]
+    def _done_working(self, active: ActiveJob) -> None:
+        """The job's work is over: its slot takes the next job while the outcome
+        is committed and told to BullMQ, in a round with other jobs' outcomes."""
+        if active.working:
+            active.working = False
+            self._working -= 1
+            self._slot.set()
+
+    def _ended(self, active: ActiveJob) -> None:
+        self._done_working(active)
+        del self.active[active.job.id]
         self.metrics.active.set(len(self.active))
-        self._slot.set()
         if not self.active:
             self._idle.set()
 
@@ -467,11 +478,7 @@ class PortfolioWorker:
         except Exception:
             self.ctx.log.exception("job runner failed", extra={"job": job.id})
         finally:
-            self._ended(job.id)
-            if active.next_job is not None:
-                # Same slot, no checkpoint in between: the intake loop never
-                # sees it free, so concurrency holds.
-                self._start(self._running, active.next_job)
+            self._ended(active)
             self.metrics.jobs.labels(cfg.queue, job.name, outcome).inc()
             self.metrics.duration.labels(job.name, outcome).observe(
                 time.perf_counter() - started)
@@ -506,6 +513,7 @@ class PortfolioWorker:
                 bad = str(exc)
             except Exception as exc:  # provider, circuit, backend, or a bug: retried
                 error = exc
+        self._done_working(active)
         if bad is not None:
             await self._fail(active, attempt, bad)
             return "failed"
@@ -537,8 +545,7 @@ class PortfolioWorker:
             return "failed"
         await self._finish(
             active,
-            self.protocol.completed(job, result, cfg.keep_completed,
-                                    fetch_next=self._fetch_next()),
+            self.protocol.completed(job, result, cfg.keep_completed),
             self._outcome(job, "completed", attempts=attempt, returnvalue=result,
                           finished=True))
         return "completed"
@@ -546,10 +553,7 @@ class PortfolioWorker:
     async def _finish(self, active: ActiveJob, op: Op, record: store.JobRecord) -> None:
         """Commit the job's record, then tell BullMQ (batched with other jobs)."""
         job = active.job
-        result = await self._outcomes.send(record, op)
-        problem = error_of(result)
-        if problem is None and op.script == "moveToFinished" and op.args[5]:
-            active.next_job, _ = self.protocol.parse_active(result, job.token)
+        problem = error_of(await self._outcomes.send(record, op))
         if problem is not None:
             # Typically: the lock expired (a stall) and another worker has the job.
             self.ctx.metrics.error("bullmq")
@@ -601,14 +605,9 @@ class PortfolioWorker:
             "job": job.id, "name": job.name, "attempt": attempt, "reason": reason[:300]})
         await self._finish(
             active,
-            self.protocol.failed(job, reason, self.config.keep_failed,
-                                 fetch_next=self._fetch_next()),
+            self.protocol.failed(job, reason, self.config.keep_failed),
             self._outcome(job, "failed", attempts=attempt, failed_reason=reason,
                           finished=True))
-
-    def _fetch_next(self) -> bool:
-        """Whether a finishing job may take the next one in the same call."""
-        return not self.stopping and not self.ctx.gate.paused
 
     def _outcome(self, job: Job, state: str, *, attempts: int,
                  failed_reason: str | None = None, returnvalue: Any = None,
