@@ -48,3 +48,21 @@ def syncd_http_routes(plugin: str, worker: Any) -> list[syncd.Route] | None:
     from syncd_portfolio.routes import routes
 
     return routes(worker)
+
+
+@syncd.hookimpl(optionalhook=True)
+def syncd_dead_letter_restore(plugin: str, config: Any, letter: Any) -> list[Any] | None:
+    """The core's dead-letter requeue (issue 15): the job again, as a new BullMQ job.
+
+    Optional: a core without this hook ignores it. See `syncd_portfolio.requeue`.
+    """
+    if plugin != NAME:
+        return None
+    from syncd_portfolio.requeue import restore_writes
+
+    restore = syncd.Restore  # type: ignore[attr-defined]
+    try:
+        return restore_writes(config, letter.payload_bytes, letter.at,
+                              lambda op, key, *args: getattr(restore, op)(key, *args))
+    except ValueError as exc:
+        raise syncd.NotRequeueable(str(exc)) from None  # type: ignore[attr-defined]

@@ -91,6 +91,12 @@ def ensure_schema(tx: syncd.Transaction, tables: Tables) -> list[str]:
 
 
 async def ensure_schema_once(database: syncd.Database, tables: Tables) -> list[str]:
+    """`ensure_schema` once per process (through the core's ``setup_once``, with
+    its bounded lock wait, where the core has it)."""
+    setup_once = getattr(database, "setup_once", None)
+    if setup_once is not None:
+        name = f"portfolio:{tables.jobs}:{tables.balances}:{tables.tokens}"
+        return await setup_once(name, lambda tx: ensure_schema(tx, tables)) or []
     key = (database.name, tables.jobs, tables.balances, tables.tokens)
     if key in _ready:
         return []

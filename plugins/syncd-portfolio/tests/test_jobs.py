@@ -407,3 +407,45 @@ class TestBulk:
         rows = pg_rows(pg_url, f'SELECT user_id, count(*) FROM "{prefix}_balances" '
                                'GROUP BY user_id ORDER BY user_id')
         assert rows == [("bulk0", 2), ("bulk1", 2), ("bulk2", 2), ("chainy", 4)]
+
+
+class TestRequeue:
+    """The writes the core's dead-letter requeue would run make a job a worker runs."""
+
+    async def test_dead_letter_back_as_a_new_job(self, prefix: str, tables: str, pg_url: str,
+                                                 ganache: Ganache, tokens: list[str],
+                                                 producer: Producer) -> None:
+        from syncd_portfolio.config import PortfolioConfig
+        from syncd_portfolio.requeue import restore_writes
+
+        from syncd.config import structure
+
+        queue = f"{prefix}_q"
+        [bad] = await add(producer, queue, [
+            {"name": "token-metadata", "data": {"chainId": 1337, "tokens": tokens[:1]},
+             "opts": {"priority": 10}}])
+        flaky = FlakyRPC(ganache.url)
+        flaky.set("down")
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(flaky.serve)
+            async with portfolio(prefix, pg_url, url, attempts=1) as (_, http):
+                await wait_for(lambda: state_is(http, bad, "failed"), timeout=30)
+                [letter] = dead_letters(queue)
+                config = structure(PortfolioConfig, section(prefix, url), "p")
+                writes = restore_writes(config, letter["payload"].encode(), letter["at"],
+                                        lambda op, key, *args: (op, key, args))
+                client = redis.Redis.from_url(REDIS_URL)
+                try:
+                    for op, key, args in writes:  # what the core's script would do
+                        if op == "zadd":
+                            client.zadd(key, {args[1]: args[0]})
+                        else:
+                            getattr(client, op)(key, *args)
+                finally:
+                    client.close()
+                again = f"{bad}-r{round(letter['at'] * 1000)}"
+                flaky.set("up")
+                await wait_for(lambda: state_is(http, again, "completed"), timeout=30)
+                assert (await job(http, again))["name"] == "token-metadata"
+                assert (await job(http, bad))["state"] == "failed"  # its history stays
+            nursery.cancel_scope.cancel()
