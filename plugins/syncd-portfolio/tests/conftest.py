@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -54,9 +53,3 @@ def _tables(prefix: str, pg_url: str) -> Iterator[str]:
     """The test's portfolio tables are dropped afterwards."""
     yield prefix
     drop_tables(pg_url, prefix)
-
-
-def user_job(user: str, wallets: list[str], tokens: list[str], chain: int = 1337) -> dict[
-        str, Any]:
-    return {"userId": user, "wallets": [{"chainId": chain, "address": w} for w in wallets],
-            "tokens": {str(chain): tokens}}

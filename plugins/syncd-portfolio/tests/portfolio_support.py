@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -248,3 +249,23 @@ class FlakyRPC:
                 await stream.send_all(
                     b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
                     b"Content-Length: " + str(len(answer)).encode() + b"\r\n\r\n" + answer)
+
+
+def user_job(user: str, wallets: list[str], tokens: list[str], chain: int = 1337) -> dict[
+        str, Any]:
+    return {"userId": user, "wallets": [{"chainId": chain, "address": w} for w in wallets],
+            "tokens": {str(chain): tokens}}
+
+
+def new_wallet() -> str:
+    return "0x" + secrets.token_hex(20)
+
+
+def fund(ganache: Ganache, tokens: list[str], wallet: str, seed: int) -> dict[str, int]:
+    """Give ``wallet`` some ether and each token; return what it holds."""
+    held = {"native": 10**15 * (seed + 1)}
+    ganache.send(ganache.accounts[1], wallet, value=held["native"])
+    for i, token in enumerate(tokens):
+        held[token] = 1000 * (seed + 1) + i
+        ganache.transfer(token, wallet, held[token])
+    return held

@@ -18,9 +18,16 @@ import pytest
 import redis
 import trio
 import yaml
-from conftest import user_job
-from portfolio_support import FlakyRPC, Ganache, Producer, pg_rows, section
-from test_sync import fund, new_wallet
+from portfolio_support import (
+    FlakyRPC,
+    Ganache,
+    Producer,
+    fund,
+    new_wallet,
+    pg_rows,
+    section,
+    user_job,
+)
 
 from syncd.testing import REDIS_URL, wait_for
 

@@ -17,9 +17,17 @@ import httpx
 import redis
 import syncd_portfolio
 import trio
-from conftest import user_job
-from portfolio_support import NODE_DIR, FlakyRPC, Ganache, Producer, pg_rows, section
-from test_sync import fund, new_wallet
+from portfolio_support import (
+    NODE_DIR,
+    FlakyRPC,
+    Ganache,
+    Producer,
+    fund,
+    new_wallet,
+    pg_rows,
+    section,
+    user_job,
+)
 
 from syncd.testing import REDIS_URL, daemon_config, run_daemon, wait_for
 

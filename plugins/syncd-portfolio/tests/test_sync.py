@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import httpx
 import syncd_portfolio
 import trio
-from conftest import user_job
-from portfolio_support import Ganache, Producer, pg_rows, section
+from portfolio_support import Ganache, Producer, fund, new_wallet, pg_rows, section, user_job
 
 from syncd.testing import daemon_config, run_daemon, wait_for
-
-
-def new_wallet() -> str:
-    return "0x" + secrets.token_hex(20)
-
-
-def fund(ganache: Ganache, tokens: list[str], wallet: str, seed: int) -> dict[str, int]:
-    """Give ``wallet`` some ether and each token; return what it holds."""
-    held = {"native": 10**15 * (seed + 1)}
-    ganache.send(ganache.accounts[1], wallet, value=held["native"])
-    for i, token in enumerate(tokens):
-        held[token] = 1000 * (seed + 1) + i
-        ganache.transfer(token, wallet, held[token])
-    return held
 
 
 def config(prefix: str, ganache: Ganache, pg_url: str, **overrides: Any) -> dict[str, Any]:
