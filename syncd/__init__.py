@@ -19,7 +19,7 @@ from syncd.counterflush import (
     counter_letter,
 )
 from syncd.counters import CounterSnapshots, Snapshot
-from syncd.deadletter import DeadLetter
+from syncd.deadletter import DeadLetter, push_dead_letters
 from syncd.errors import (
     ConfigError,
     DatabaseUnavailable,
@@ -30,7 +30,7 @@ from syncd.errors import (
 )
 from syncd.faults import crash_point
 from syncd.gate import PauseGate
-from syncd.hookspecs import hookimpl
+from syncd.hookspecs import hookimpl, hookspec
 from syncd.keys import hash_tag, slot_key
 from syncd.metrics import PluginMetrics
 from syncd.panel import Action, Panel, Table
@@ -91,5 +91,7 @@ __all__ = [
     "error_kind",
     "hash_tag",
     "hookimpl",
+    "hookspec",
+    "push_dead_letters",
     "slot_key",
 ]

@@ -172,6 +172,8 @@ class Daemon:
             gate=runner.gate,
             instance=self.config.instance,
             report=runner.report,
+            hook=self.pm.hook,
+            stop_deadline=runner.stop_deadline,
         )
 
     # -- running -------------------------------------------------------------------------

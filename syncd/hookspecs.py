@@ -31,6 +31,20 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 # -- declaring plugins ---------------------------------------------------------
 
 
+@hookspec(historic=True)
+def syncd_addhooks(pluginmanager: pluggy.PluginManager) -> None:
+    """Add a plugin's own hookspecs, so other packages can extend that plugin.
+
+    Called once for each registered package as it is registered (historic),
+    before unknown hook names are checked. Call
+    ``pluginmanager.add_hookspecs(module)`` with a module of ``@hookspec``
+    functions marked with the ``syncd`` project name; the plugin calls its
+    hooks at run time through ``ctx.hook``. As pytest's ``pytest_addhooks``.
+
+    :param pluginmanager: the daemon's plugin manager.
+    """
+
+
 @hookspec
 def syncd_plugin() -> PluginSpec | list[PluginSpec] | None:
     """Declare the plugin(s) this package provides.

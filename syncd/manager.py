@@ -44,6 +44,8 @@ def get_plugin_manager(
     """Build a manager with the hookspecs, the entry-point plugins and ``extra``."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    # Historic: every package registered from now on gets to add its own hookspecs.
+    pm.hook.syncd_addhooks.call_historic(kwargs={"pluginmanager": pm})
     if autoload is None:
         autoload = os.environ.get(AUTOLOAD_ENV, "").lower() not in ("1", "true", "yes")
     if autoload:

@@ -146,6 +146,12 @@ class PluginContext:
             inside ``run`` so status, metrics and ``sync_success`` listeners
             see it. What ``flush`` returns is reported by the core: report
             it again and it counts twice.
+        hook: The plugin manager's hook relay, for calling hooks a plugin
+            declared itself (`syncd_addhooks`), e.g. ``ctx.hook.my_hook(...)``.
+        stop_deadline: Called once ``run`` has been cancelled, answers the
+            Trio time by which the plugin must have stopped (the shutdown
+            grace). For a plugin whose ``run`` holds work that should finish
+            rather than be cut (jobs in flight): shield it, bounded by this.
     """
 
     name: str
@@ -157,3 +163,5 @@ class PluginContext:
     gate: PauseGate
     instance: str
     report: Callable[[SyncResult, float | None], None]
+    hook: Any = None
+    stop_deadline: Callable[[], float] | None = None

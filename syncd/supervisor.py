@@ -161,10 +161,8 @@ class PluginRunner:
                 self._started = True
                 task_status.started()
             self._set_state("stopping")
-            deadline = self._flush_deadline
-            if deadline == math.inf:
-                # Cancelled from outside rather than stopped: same grace.
-                deadline = trio.current_time() + self.shutdown_grace
+            # Cancelled from outside rather than stopped: same grace.
+            deadline = self.stop_deadline()
             with trio.CancelScope(deadline=deadline, shield=True) as scope:
                 await self._final_flush()
             if scope.cancelled_caught:
@@ -176,6 +174,16 @@ class PluginRunner:
         """Stop intake now; the final flush must end by ``deadline`` (trio time)."""
         self._flush_deadline = deadline
         self._intake.cancel()
+
+    def stop_deadline(self) -> float:
+        """When this plugin must have stopped (trio time), once it is being stopped.
+
+        Set by `stop`; when the runner is cancelled from outside instead (or
+        asked while not stopping), the grace period starts now.
+        """
+        if self._flush_deadline == math.inf:
+            return trio.current_time() + self.shutdown_grace
+        return self._flush_deadline
 
     async def _supervise(self, task_status: trio.TaskStatus[None]) -> None:
         while True:

@@ -11,6 +11,8 @@
 #
 # Environment knobs:
 #   PYTHON=/path/to/python3.x    interpreter used to create .venv (>= 3.11)
+#   SYNCD_NODE_PEERS=1           also install the npm peers of plugin tests (set by
+#                                scripts/test and scripts/bench)
 #   SYNCD_SKIP_SERVICES=1        do not look at Redis/PostgreSQL/MariaDB at all
 #                                (you point syncd and the tests at your own servers)
 #   SYNCD_REDIS_DIR=/path        where a Redis started for scripts/serve keeps its
@@ -527,6 +529,43 @@ ensure_chromium() {
     say "chromium: installed ($CHROMIUM)"
 }
 
+# ---------------------------------------------------------------- Node peers
+
+# Plugins whose tests talk to real Node peers (npm bullmq, ganache, solc)
+# keep a package.json + package-lock.json under plugins/<p>/tests/node.
+_node_dirs() {
+    local f
+    for f in "$SYNCD_ROOT"/plugins/*/tests/node/package-lock.json; do
+        [[ -f $f ]] && dirname -- "$f"
+    done
+    return 0
+}
+
+# ensure_node_peers: node and npm (apt if missing), then `npm ci` in each
+# such directory whose node_modules is missing or older than its lockfile
+# (a stamp holds the lockfile's hash). node_modules is git-ignored.
+ensure_node_peers() {
+    local d want have
+    local -a dirs=()
+    mapfile -t dirs < <(_node_dirs)
+    ((${#dirs[@]} > 0)) || return 0
+    if ! have node || ! have npm; then
+        apt_install nodejs npm
+    fi
+    for d in "${dirs[@]}"; do
+        want=$(sha256sum -- "$d/package-lock.json" | cut -c1-64)
+        have=""
+        [[ -f $d/node_modules/.syncd-lock-sha256 ]] && have=$(<"$d/node_modules/.syncd-lock-sha256")
+        if [[ $want == "$have" ]]; then
+            say "node peers: up to date (${d#"$SYNCD_ROOT"/}, node $(node --version))"
+            continue
+        fi
+        say "node peers: npm ci in ${d#"$SYNCD_ROOT"/}"
+        (cd -- "$d" && quietly "npm ci" npm ci --no-audit --no-fund --loglevel=error)
+        printf '%s\n' "$want" >"$d/node_modules/.syncd-lock-sha256"
+    done
+}
+
 # ---------------------------------------------------------------- all of it
 
 # One apt-get for every service that neither answers nor is installed.
@@ -561,6 +600,9 @@ syncd_setup() {
         fi
     fi
     ensure_venv "$extras"
+    if [[ ${SYNCD_NODE_PEERS:-} == 1 ]]; then
+        ensure_node_peers
+    fi
     if [[ ${SYNCD_SKIP_SERVICES:-} == 1 ]]; then
         say "services: skipped (SYNCD_SKIP_SERVICES=1)"
     elif (($# > 0)); then

@@ -835,7 +835,9 @@ class Database:
 
     # -- transactions ---------------------------------------------------------------
 
-    async def transaction(self, fn: Callable[[Transaction], T]) -> T:
+    async def transaction(
+        self, fn: Callable[[Transaction], T], *, after_commit: Callable[[T], Any] | None = None
+    ) -> Any:
         """Run ``fn(tx)`` in one transaction in a worker thread; commit; return its result.
 
         Any exception rolls the transaction back and is re-raised;
@@ -843,8 +845,14 @@ class Database:
         ``fn`` may be called a second time, in a fresh transaction, when an
         optimistic step inside it lost a race with another writer (see
         `Transaction.pessimistic`): keep its effects inside the transaction.
+
+        ``after_commit(result)``, if given, runs in the same worker thread
+        once the commit succeeded (the connection already back in the pool),
+        and what it returns is returned instead: for the acknowledgement that
+        must follow the commit (telling Redis), without a second thread hop.
+        Its exceptions propagate as they are; the transaction stays committed.
         """
-        return await self._run(fn)
+        return await self._run(fn, after_commit=after_commit)
 
     async def apply_batch(
         self,
@@ -1032,10 +1040,13 @@ class Database:
 
     # -- the thread hop -------------------------------------------------------------
 
-    async def _run(self, work: Callable[[Transaction], T], *, readonly: bool = False) -> T:
+    async def _run(
+        self, work: Callable[[Transaction], T], *, readonly: bool = False,
+        after_commit: Callable[[T], Any] | None = None,
+    ) -> T:
         """One hop to a worker thread that runs ``work`` in one transaction."""
         try:
-            return await self._hop(work, readonly)
+            return await self._hop(work, readonly, after_commit)
         except BaseException as exc:
             if self.on_error is not None and isinstance(
                 exc, DatabaseUnavailable | self.driver_error
@@ -1044,7 +1055,10 @@ class Database:
                     self.on_error(exc)
             raise
 
-    async def _hop(self, work: Callable[[Transaction], T], readonly: bool) -> T:
+    async def _hop(
+        self, work: Callable[[Transaction], T], readonly: bool,
+        after_commit: Callable[[T], Any] | None,
+    ) -> T:
         """Run ``work`` in a worker thread under the limiter and wait for it.
 
         Cancelled while the thread runs (the shutdown deadline passed), the
@@ -1068,7 +1082,7 @@ class Database:
                 token.run_sync_soon(done.set)
 
             trio.lowlevel.start_thread_soon(
-                lambda: self._run_in_thread(work, readonly, call), deliver,
+                lambda: self._run_in_thread(work, readonly, call, after_commit), deliver,
                 name=f"syncd database {self.name}")
             try:
                 await done.wait()
@@ -1099,7 +1113,10 @@ class Database:
                 log.warning("could not cancel a statement on the server",
                             extra={"database": self.name, "error": self._scrub(str(exc))})
 
-    def _run_in_thread(self, work: Callable[[Transaction], T], readonly: bool, call: _Call) -> T:
+    def _run_in_thread(
+        self, work: Callable[[Transaction], T], readonly: bool, call: _Call,
+        after_commit: Callable[[T], Any] | None = None,
+    ) -> T:
         conn = self._checkout()
         with call.lock:
             if call.cancelled:  # the caller is gone already: do nothing
@@ -1117,6 +1134,8 @@ class Database:
                 raise self._unavailable(exc) from exc
             raise
         self._release_call(call, conn, False)
+        if after_commit is not None:
+            return after_commit(result)
         return result
 
     def _release_call(self, call: _Call, conn: Any, discard: bool) -> None:

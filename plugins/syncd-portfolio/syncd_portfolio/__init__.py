@@ -1,0 +1,68 @@
+"""syncd-portfolio: a BullMQ-compatible job worker in Trio, syncing on-chain
+balances into PostgreSQL.
+
+The seed's core service keeps enqueuing ``portfolio-sync``,
+``bulk-user-sync``, ``chain-sync`` and ``token-metadata`` jobs with npm
+bullmq; this plugin runs them with timeouts that really cancel, retries
+with backoff, dead letters, cancel from any replica and a graceful
+shutdown that leaves nothing in ``active``. See README.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+import syncd
+from syncd_portfolio import hookspecs
+from syncd_portfolio.config import PortfolioConfig
+from syncd_portfolio.provider import EvmProvider, Provider, ProviderError, Snapshot, TokenInfo
+from syncd_portfolio.worker import PortfolioWorker
+
+NAME = "portfolio"
+
+__all__ = ["EvmProvider", "PortfolioConfig", "PortfolioWorker", "Provider", "ProviderError",
+           "Snapshot", "TokenInfo"]
+
+
+@syncd.hookimpl
+def syncd_addhooks(pluginmanager: pluggy.PluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+@syncd.hookimpl
+def syncd_plugin() -> syncd.PluginSpec:
+    return syncd.PluginSpec(
+        name=NAME,
+        config=PortfolioConfig,
+        create=PortfolioWorker,
+        description="BullMQ portfolio-sync jobs → on-chain balances in PostgreSQL",
+    )
+
+
+@syncd.hookimpl
+def syncd_http_routes(plugin: str, worker: Any) -> list[syncd.Route] | None:
+    if plugin != NAME or not isinstance(worker, PortfolioWorker):
+        return None
+    from syncd_portfolio.routes import routes
+
+    return routes(worker)
+
+
+@syncd.hookimpl(optionalhook=True)
+def syncd_dead_letter_restore(plugin: str, config: Any, letter: Any) -> list[Any] | None:
+    """The core's dead-letter requeue (issue 15): the job again, as a new BullMQ job.
+
+    Optional: a core without this hook ignores it. See `syncd_portfolio.requeue`.
+    """
+    if plugin != NAME:
+        return None
+    from syncd_portfolio.requeue import restore_writes
+
+    restore = syncd.Restore  # type: ignore[attr-defined]
+    try:
+        return restore_writes(config, letter.payload_bytes, letter.at,
+                              lambda op, key, *args: getattr(restore, op)(key, *args))
+    except ValueError as exc:
+        raise syncd.NotRequeueable(str(exc)) from None  # type: ignore[attr-defined]

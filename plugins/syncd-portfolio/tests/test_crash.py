@@ -1,0 +1,105 @@
+"""``syncd serve`` SIGKILLed while jobs run: they come back, and the balances are right.
+
+The real command runs as a subprocess with the plugin found through its
+entry point. Jobs active at the kill come back through BullMQ's stalled
+check (short locks here), are retried with their backoff, and finish.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import trio
+import yaml
+from portfolio_support import (
+    FlakyRPC,
+    Ganache,
+    Producer,
+    fund,
+    new_wallet,
+    pg_rows,
+    section,
+    user_job,
+)
+
+from syncd.testing import REDIS_URL, wait_for
+
+
+def serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "syncd", "serve", "--config", str(config)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+class TestSigkill:
+    """Killed mid-jobs, restarted: every job completes once more, balances match the chain."""
+
+    async def test_jobs_come_back(self, prefix: str, tables: str, pg_url: str, ganache: Ganache,
+                                  tokens: list[str], producer: Producer, tmp_path: Path) -> None:
+        queue = f"{prefix}_q"
+        users = {f"user{i}": [new_wallet(), new_wallet()] for i in range(8)}
+        for i, wallets in enumerate(users.values()):
+            for j, wallet in enumerate(wallets):
+                fund(ganache, tokens, wallet, 2 * i + j)
+        flaky = FlakyRPC(ganache.url)
+        flaky.delay = 0.3  # each job takes a few tenths of a second: some are in flight
+        client = redis.Redis.from_url(REDIS_URL)
+        active = lambda: client.llen(f"bull:{queue}:active")  # noqa: E731
+        completed = lambda: client.zcard(f"bull:{queue}:completed")  # noqa: E731
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(flaky.serve)
+            config = tmp_path / "syncd.yaml"
+            config.write_text(yaml.safe_dump({
+                "redis": {"url": REDIS_URL},
+                "databases": {"default": pg_url},
+                "http": {"enabled": False},
+                "instance": f"{prefix}-crashy",
+                "shutdown_grace": "10s",
+                "plugins": {"portfolio": section(prefix, url, concurrency=4)},
+            }))
+            log = tmp_path / "serve.log"
+            proc = serve(config, log)
+            try:
+                await trio.to_thread.run_sync(producer.add, queue, [
+                    {"name": "portfolio-sync", "data": user_job(u, w, tokens)}
+                    for u, w in users.items()])
+                await wait_for(lambda: completed() >= 2 and active() >= 1, timeout=60)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                assert active() >= 1, log.read_text()[-3000:]
+                assert completed() < len(users)
+
+                proc = serve(config, log)
+                await wait_for(lambda: completed() == len(users), timeout=90)
+                proc.send_signal(signal.SIGTERM)
+                assert await trio.to_thread.run_sync(proc.wait, 30) == 0, log.read_text()[-3000:]
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                client.close()
+            nursery.cancel_scope.cancel()
+        counts = await trio.to_thread.run_sync(producer.counts, queue)
+        assert counts["completed"] == len(users)
+        assert counts["active"] == counts["failed"] == 0
+        assert "stalled job retried with backoff" in log.read_text()
+        rows = pg_rows(pg_url, f'SELECT user_id, wallet, token, balance FROM "{prefix}_balances"')
+        found = {(u, w, t): int(b) for u, w, t, b in rows}
+        expected: dict[tuple[str, str, str], Any] = {}
+        for user, wallets in users.items():
+            for wallet in wallets:
+                expected[(user, wallet, "native")] = ganache.native_balance(wallet)
+                for token in tokens:
+                    expected[(user, wallet, token)] = ganache.token_balance(token, wallet)
+        assert found == expected
+        states = pg_rows(pg_url, f'SELECT state, count(*) FROM "{prefix}_jobs" GROUP BY state')
+        assert states == [("completed", len(users))]
