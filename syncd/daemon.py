@@ -148,6 +148,7 @@ class Daemon:
             gate=runner.gate,
             instance=self.config.instance,
             report=runner.report,
+            report_error=runner.report_error,
         )
 
     # -- running -------------------------------------------------------------------------

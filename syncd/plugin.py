@@ -69,6 +69,10 @@ class Worker(Protocol):
     shutdown grace deadline, at shutdown; it never calls two at once.
 
     ``interval`` is the flush period in seconds, or None for no timer.
+
+    Optional: ``async backlog() -> int`` (items waiting in Redis, polled by
+    the core every few seconds) and ``status() -> dict`` (sync, no I/O:
+    shown under ``detail`` in ``/plugins/{name}``).
     """
 
     interval: float | None
@@ -134,6 +138,11 @@ class PluginContext:
             inside ``run`` so status, metrics and ``sync_success`` listeners
             see it. What ``flush`` returns is reported by the core: report
             it again and it counts twice.
+        report_error: Call with an exception the worker handles itself (it
+            backs off and retries one sink while the others go on) so that
+            it is counted, shown as the plugin's last error and reaches
+            ``sync_error`` listeners. Errors that escape ``run`` or
+            ``flush`` are reported by the core.
     """
 
     name: str
@@ -145,3 +154,4 @@ class PluginContext:
     gate: PauseGate
     instance: str
     report: Callable[[SyncResult, float | None], None]
+    report_error: Callable[[BaseException], None] = lambda error: None
