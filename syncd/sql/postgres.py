@@ -76,7 +76,13 @@ class PostgresTransaction(Transaction):
         cols = ", ".join(cols_q)
         if len(rows) < COPY_MIN_ROWS:
             marks = ", ".join(["%s"] * len(cols_q))
-            cur.executemany(f"INSERT INTO {table_q} ({cols}) VALUES ({marks})", rows)
+            sql = f"INSERT INTO {table_q} ({cols}) VALUES ({marks})"
+            if len(rows) == 1:
+                # A lone row, often one suspected of being refused: executemany
+                # would pipeline it, and psycopg logs every aborted pipeline.
+                cur.execute(sql, rows[0])
+            else:
+                cur.executemany(sql, rows)
             return cur.rowcount
         with cur.copy(f"COPY {table_q} ({cols}) FROM STDIN") as copy:
             for row in rows:
