@@ -89,12 +89,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def messages_workloads(prefix: str) -> list[syncd.Workload]:
-    return [_workload(prefix, ["database"], ""),
-            _workload(f"{prefix}_all", WRITERS_ALL, "all writers")]
+def messages_workloads(prefix: str, *, receiver: bool = True) -> list[syncd.Workload]:
+    """The database writer alone, and all writers. ``receiver=False``: the
+    caller runs its own webhook receiver (and sets ``webhook_url``)."""
+    return [_workload(prefix, ["database"], "", receiver),
+            _workload(f"{prefix}_all", WRITERS_ALL, "all writers", receiver)]
 
 
-def _workload(prefix: str, writers: list[str], variant: str) -> syncd.Workload:
+def _workload(prefix: str, writers: list[str], variant: str, own_receiver: bool
+              ) -> syncd.Workload:
     queues = {"in": f"{prefix}:in", "out": f"{prefix}:out"}
     table = f"{prefix}_messages"
     files = Path(tempfile.gettempdir()) / f"syncd-{prefix}-files"
@@ -119,7 +122,7 @@ def _workload(prefix: str, writers: list[str], variant: str) -> syncd.Workload:
             conn.commit()
         if "file" in writers:
             shutil.rmtree(files, ignore_errors=True)
-        if "webhook" in writers:
+        if "webhook" in writers and own_receiver:
             _start_receiver(receiver)
 
     def teardown(env: syncd.WorkloadEnv) -> None:
