@@ -17,6 +17,7 @@ request to the log and taking orders at ``POST /_control``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -74,10 +75,12 @@ class Receiver:
     def delivered(self) -> list[Received]:
         return [r for r in self.requests if r.answer == "ok"]
 
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                    ) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                    ready: Callable[[int], None] | None = None) -> None:
         listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
+        if ready is not None:
+            ready(self.port)
         if self.log is not None:
             self._log_file = self.log.open("a", encoding="utf-8")
         try:
@@ -216,7 +219,13 @@ def main(argv: list[str] | None = None, *, run: Callable[..., Any] = trio.run) -
     parser.add_argument("--secret", default=os.environ.get("SYNCD_RECEIVER_SECRET"))
     args = parser.parse_args(argv)
     receiver = Receiver(secret=args.secret, log=args.log, port=args.port)
-    run(receiver.serve)
+
+    def ready(port: int) -> None:
+        # The parent waits for this line: a port someone else holds makes
+        # the bind fail (and this process exit) instead of a silent stranger.
+        print(f"listening on {port}", flush=True)
+
+    run(functools.partial(receiver.serve, ready=ready))
 
 
 if __name__ == "__main__":

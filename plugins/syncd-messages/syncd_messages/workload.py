@@ -27,12 +27,12 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import select
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -307,16 +307,16 @@ def _start_receiver(receiver: dict[str, Any]) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "syncd_messages.receiver", "--port", str(receiver["port"]),
          "--log", str(receiver["log"])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     receiver["proc"] = proc
-    deadline = time.monotonic() + 30
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", receiver["port"]), timeout=1):
-            return
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"webhook receiver did not start (exit {proc.poll()})")
-        time.sleep(0.05)
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    line = proc.stdout.readline() if ready else b""
+    proc.stdout.close()
+    if not line.startswith(b"listening"):
+        _stop_receiver(receiver)
+        raise RuntimeError(f"webhook receiver did not start on port {receiver['port']} "
+                           f"(exit {proc.poll()}; is the port taken?)")
 
 
 def _stop_receiver(receiver: dict[str, Any]) -> None:

@@ -150,10 +150,12 @@ def stop_serve(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
         raise
 
 
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    """Poll ``predicate`` (sync) until true; fail after ``timeout`` saying what was awaited."""
+def wait_until(predicate: Any, timeout: float, what: str, seen: Any = None) -> None:
+    """Poll ``predicate`` (sync) until true; fail after ``timeout`` saying what was
+    awaited and, if given, what ``seen()`` shows then."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            shown = f"; {seen()}" if seen is not None else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{shown}")
         time.sleep(0.05)
