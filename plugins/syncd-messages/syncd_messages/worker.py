@@ -46,7 +46,7 @@ from syncd_messages.database import DatabaseWriter
 from syncd_messages.files import FileWriter
 from syncd_messages.keys import dead_key, lane_key
 from syncd_messages.metrics import MessageMetrics
-from syncd_messages.normalize import messages_of, normalize_batch, open_envelope
+from syncd_messages.normalize import Normalized, messages_of, normalize_batch, open_envelope
 from syncd_messages.webhook import WebhookUnavailable, WebhookWriter
 from syncd_messages.written import Written
 
@@ -108,6 +108,8 @@ class Intake:
     consumer: Consumer
     lanes: list[str]
     health: Health = attrs.Factory(Health)
+    #: With ``database`` as the only writer, its lane (see `MessagesWorker.direct`).
+    direct: Lane | None = None
     forwarded: int = 0
     dead_lettered: int = 0
     waiting: int | None = None
@@ -162,6 +164,8 @@ class MessagesWorker:
     intakes: list[Intake] = attrs.field(init=False)
     lanes: list[Lane] = attrs.field(init=False)
     metrics: MessageMetrics = attrs.field(init=False)
+    #: The database writer alone: each intake writes its batches itself (see `run`).
+    direct: bool = attrs.field(init=False, default=False)
     _prepared: set[str] = attrs.field(init=False, factory=set)
     _backlog_at: float | None = attrs.field(init=False, default=None)
 
@@ -174,12 +178,17 @@ class MessagesWorker:
                 self.ctx.redis, key, self.ctx.instance, heartbeat_ttl=ttl))
 
         self.writers = {name: WRITER_CLASSES[name](self.ctx) for name in cfg.writers}
+        self.direct = cfg.writers == ["database"]
         self.intakes, self.lanes = [], []
         for queue_type, source in cfg.queues.items():
             keys = [lane_key(source, name) for name in cfg.writers]
-            self.intakes.append(Intake(queue_type, source, consumer(source), keys))
+            intake = Intake(queue_type, source, consumer(source), [] if self.direct else keys)
+            self.intakes.append(intake)
             for name, key in zip(cfg.writers, keys, strict=True):
-                self.lanes.append(Lane(queue_type, source, self.writers[name], consumer(key)))
+                lane = Lane(queue_type, source, self.writers[name], consumer(key))
+                self.lanes.append(lane)
+                if self.direct:
+                    intake.direct = lane
         self.metrics = MessageMetrics.create(self.ctx.metrics)
 
     @property
@@ -197,16 +206,28 @@ class MessagesWorker:
 
         Recovery tries each writer's held batch once: a writer that is down
         at start-up must not hold the others (its loop retries it).
+
+        With the database writer alone (`direct`), a writer list is one Redis
+        round trip per batch and a copy of every message too many: each
+        intake writes its batch to the database itself, under the intake
+        batch's id, and acks it only then. Re-normalizing a replayed batch is
+        harmless there, as the ledger decides (raw text would be wrapped with
+        a new ``receivedAt``, which a file or a webhook could tell apart: they
+        keep their lists). Older messages left in the writer's list by an
+        earlier configuration go first.
         """
         async with self._sessions(), trio.open_nursery() as nursery:
             for consumer in self.consumers:
                 await nursery.start(consumer.queue.serve_heartbeat)
+            if self.direct:
+                for lane in self.lanes:
+                    await self._drain_leftovers(lane)
             for intake in self.intakes:
                 outcome = await self._intake_step(intake, held_only=True)
                 if outcome is not None:
                     self._finished_in_flight(intake.consumer, outcome)
                     self._report_intake(outcome)
-            for lane in self.lanes:
+            for lane in [] if self.direct else self.lanes:
                 try:
                     outcome = await self._lane_step(lane, held_only=True)
                 except syncd.TransientError as exc:
@@ -220,9 +241,20 @@ class MessagesWorker:
             for intake in self.intakes:
                 nursery.start_soon(self._serve, intake.health, f"{intake.queue_type}/intake",
                                    lambda i=intake: self._intake_step(i, pausable=True))
-            for lane in self.lanes:
+            for lane in [] if self.direct else self.lanes:
                 nursery.start_soon(self._serve, lane.health, lane.label,
                                    lambda lane=lane: self._lane_step(lane, pausable=True))
+
+    async def _drain_leftovers(self, lane: Lane) -> None:
+        """Write what an earlier configuration left in ``lane``'s list, as it was then."""
+        [left] = await self._lengths([lane.consumer])
+        while left > 0:
+            outcome = await self._lane_step(lane)
+            if outcome is None:
+                return
+            left -= outcome.items
+            self._finished_in_flight(lane.consumer, outcome)
+            self.ctx.report(outcome.result, outcome.seconds)
 
     async def flush(self) -> syncd.SyncResult:
         """The seed's ``manualSync``: move what is waiting now, once.
@@ -312,6 +344,10 @@ class MessagesWorker:
             stamps = [open_envelope(item)[0] for item in (first_held, first_listed) if item]
             stamps = [s for s in stamps if s is not None]
             lane.oldest_age = max(0.0, (now_ms - min(stamps)) / 1000) if stamps else 0.0
+            if self.direct:
+                # It reads the queue itself, whose items carry no time.
+                lane.waiting += per_queue[lane.queue_type]
+                per_queue[lane.queue_type] = 0
             oldest_overall = max(oldest_overall, lane.oldest_age)
             most[lane.queue_type] = max(most[lane.queue_type], lane.waiting)
             self.metrics.waiting.labels(lane.queue_type, lane.writer.name).set(lane.waiting)
@@ -441,6 +477,8 @@ class MessagesWorker:
         """
         cfg = self.config
         block, max_wait = (float(cfg.block), float(cfg.batch_max_wait)) if pausable else (0, 0)
+        if intake.direct is not None:
+            await self._prepare(intake.direct.writer)
         async with intake.consumer.lock:
             queue = intake.consumer.queue
             if held_only and await queue.processing_length() == 0:
@@ -458,6 +496,8 @@ class MessagesWorker:
         cfg = self.config
         normalized = normalize_batch(
             batch.items, queue_type=intake.queue_type, max_bytes=cfg.max_item_bytes)
+        if intake.direct is not None:
+            return await self._write_direct(intake, intake.direct, batch, normalized, started)
         letters = [
             syncd.DeadLetter(dead_key(intake.source), batch.items[position], reason,
                              self.ctx.name, source=intake.source)
@@ -477,6 +517,50 @@ class MessagesWorker:
             "queueType": intake.queue_type, "intake": True,
             "forwarded": len(normalized.messages) if acked else 0})
         return Outcome(result, len(batch), seconds)
+
+    async def _write_direct(
+        self, intake: Intake, lane: Lane, batch: syncd.Batch, normalized: Normalized,
+        started: float,
+    ) -> Outcome:
+        """The database writer alone: write the intake's batch, then ack it with
+        every dead letter (items that are no message, rows the database refused)."""
+        messages = messages_of(normalized.messages)
+        writer = lane.writer
+        written = await writer.write(intake.queue_type, intake.source, batch, messages)
+        syncd.crash_point(self.ctx.name, f"{writer.name}:after_write")
+        letters = [
+            syncd.DeadLetter(dead_key(intake.source), batch.items[position], reason,
+                             self.ctx.name, source=intake.source)
+            for position, reason in normalized.rejected
+        ] + [
+            syncd.DeadLetter(dead_key(intake.source), messages[position], reason,
+                             self.ctx.name, source=intake.source)
+            for position, reason in written.refused
+        ]
+        acked = await intake.consumer.queue.ack(batch, letters)
+        seconds = time.perf_counter() - started
+        rejected = len(normalized.rejected) if acked else 0
+        refused = len(written.refused) if acked else 0
+        intake.dead_lettered += rejected
+        lane.delivered += written.delivered
+        lane.dead_lettered += refused
+        if rejected:
+            self.metrics.dead_lettered.labels(intake.queue_type, "intake").inc(rejected)
+        self._count(lane, written.delivered, refused, seconds)
+        detail = self._detail({intake.queue_type: written.delivered}, seconds)
+        detail.update(writer=writer.name, queueType=intake.queue_type)
+        result = syncd.SyncResult(
+            items=written.delivered, batches=1, dead_lettered=rejected + refused,
+            skipped=written.skipped, detail=detail)
+        return Outcome(result, len(batch), seconds)
+
+    def _count(self, lane: Lane, delivered: int, dead: int, seconds: float) -> None:
+        name = lane.writer.name
+        self.metrics.delivered.labels(lane.queue_type, name).inc(delivered)
+        if dead:
+            self.metrics.dead_lettered.labels(lane.queue_type, name).inc(dead)
+        self.metrics.writer_up.labels(lane.queue_type, name).set(1)
+        self.metrics.duration.labels(name).observe(seconds)
 
     async def _lane_step(
         self, lane: Lane, *, pausable: bool = False, held_only: bool = False
@@ -512,11 +596,7 @@ class MessagesWorker:
         dead = len(letters) if acked else 0
         lane.delivered += written.delivered
         lane.dead_lettered += dead
-        self.metrics.delivered.labels(lane.queue_type, writer.name).inc(written.delivered)
-        if dead:
-            self.metrics.dead_lettered.labels(lane.queue_type, writer.name).inc(dead)
-        self.metrics.writer_up.labels(lane.queue_type, writer.name).set(1)
-        self.metrics.duration.labels(writer.name).observe(seconds)
+        self._count(lane, written.delivered, dead, seconds)
         detail = self._detail({lane.queue_type: written.delivered}, seconds)
         detail.update(writer=writer.name, queueType=lane.queue_type)
         result = syncd.SyncResult(
@@ -551,9 +631,11 @@ class MessagesWorker:
         return detail
 
     def _report_intake(self, outcome: Outcome) -> None:
-        # Forwarding writes no sink: only its dead letters are worth an event.
-        if outcome.result.dead_lettered:
-            self.ctx.report(outcome.result, outcome.seconds)
+        # Forwarding writes no sink: only its dead letters are worth an event
+        # (a `direct` intake writes, and is reported like a writer).
+        result = outcome.result
+        if result.items or result.dead_lettered or result.skipped:
+            self.ctx.report(result, outcome.seconds)
 
     def _finished_in_flight(self, consumer: Consumer, outcome: Outcome) -> None:
         self.ctx.log.info("finished a batch left in flight", extra={

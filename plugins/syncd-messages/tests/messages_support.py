@@ -64,6 +64,8 @@ class Messages:
         return rows
 
     def lines(self, queue_type: str) -> list[bytes]:
+        if "file_path" not in self.options:
+            return []
         found = sorted(self.files.glob(f"messages_{queue_type}_*.jsonl"))
         return [line for path in found for line in path.read_bytes().splitlines()]
 

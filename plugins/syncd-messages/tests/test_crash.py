@@ -129,3 +129,30 @@ class TestReplicas:
             assert stop_serve(survivor) == 0, log.read_text()
         assert_exact(messages)
         assert "finished the batch of a dead consumer" in log.read_text()
+
+
+@pytest.fixture(name="database_only")
+def _database_only(prefix: str, pg_url: str) -> Iterator[Messages]:
+    """The database writer alone: the intake writes its own batches (no writer list)."""
+    with open_messages(prefix, pg_url, variant=0) as messages:
+        yield messages
+
+
+@pytest.mark.slow
+class TestDatabaseAlone:
+    """With the database writer alone, a SIGKILL before the ack is still exactly once."""
+
+    @pytest.mark.parametrize("point", ["intake:after_take", "database:after_write"])
+    def test_sigkill_then_restart(
+        self, database_only: Messages, tmp_path: Path, point: str
+    ) -> None:
+        messages = database_only
+        messages.workload.produce(messages.env, 0, PRODUCED)
+        path = write_config(tmp_path / "syncd.yaml",
+                            serve_config(messages, "alone", batch_size=200))
+        log = tmp_path / "serve.log"
+        killed(start_serve(path, log, crash_at=f"messages:{point}", crash_after=3), log)
+        assert messages.pending() > 0
+        restart_and_drain(messages, path, log)
+        assert_exact(messages)
+        assert "finished a batch left in flight" in log.read_text()

@@ -245,3 +245,36 @@ class TestRefusedByTheDatabase:
         assert {d.source for d in dead} == {lane_key(messages.queues["in"], "database")}
         assert len(messages.lines("in")) == 201
         assert len(delivered_tokens(receiver, "in")) == 201
+
+
+class TestDatabaseAlone:
+    """With the database writer alone, messages go straight from the intake to SQL,
+    after whatever an earlier configuration left in the writer's list."""
+
+    async def test_leftovers_of_a_writer_list_go_first(
+        self, pg_messages: Messages, receiver: Receiver
+    ) -> None:
+        messages = pg_messages
+        messages.push("in", *[b'{"id": "old%d"}' % i for i in range(50)])
+        async with daemon(messages, receiver) as d:
+            runner = d.runner("messages")
+            runner.pause()  # the writers stop; the lists keep what they were given
+            await runner.flush()
+        assert len(messages.rows("in")) == 50
+        # An earlier configuration fanned these out but the database never got them.
+        old = [b'{"id": "left%d"}' % i for i in range(30)]
+        messages.env.redis.lpush(lane_key(messages.queues["in"], "database"), *old)
+        messages.push("in", *[b'{"id": "new%d"}' % i for i in range(40)], b"")
+        alone = messages.section(writers=["database"])
+        async with run_daemon(daemon_config({"messages": alone}, {"default": messages.url}),
+                              [syncd_messages]) as d:
+            await wait_for(lambda: messages.pending() == 0, 30)
+            worker = d.runner("messages").worker
+            assert worker.direct
+            await worker.backlog()
+            assert worker.status()["queues"]["in"]["writers"]["database"]["waiting"] == 0
+        ids = [json.loads(r[1])["id"] for r in messages.rows("in")]
+        assert ids == ([f"old{i}" for i in range(50)] + [f"left{i}" for i in range(30)]
+                       + [f"new{i}" for i in range(40)])
+        [dead] = messages.dead_letters("in")
+        assert dead.reason == "empty item" and dead.source == messages.queues["in"]
