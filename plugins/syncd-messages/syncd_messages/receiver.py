@@ -17,6 +17,7 @@ request to the log and taking orders at ``POST /_control``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -95,6 +96,13 @@ class Receiver:
         return self.plan.pop(0) if self.plan else self.default
 
     async def _connection(self, stream: trio.SocketStream) -> None:
+        # A client killed mid-request (the chaos runs SIGKILL the daemon) must
+        # cost its connection only, never the receiver.
+        with contextlib.suppress(h11.ProtocolError, trio.BrokenResourceError,
+                                 trio.ClosedResourceError, OSError):
+            await self._exchange(stream)
+
+    async def _exchange(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY)
         async with stream:
             while True:

@@ -141,3 +141,27 @@ class TestConfig:
         assert secret_bytes(f"whsec_{key}") == b"k" * 24
         assert secret_bytes(key) == b"k" * 24
         assert secret_bytes("whsec_" + base64.b64encode(b"short").decode()) is None
+
+
+class TestReceiver:
+    """The test receiver outlives clients killed mid-request (chaos SIGKILLs the daemon)."""
+
+    async def test_torn_request_costs_only_its_connection(self, nursery) -> None:
+        import socket
+
+        import httpx
+        import trio
+        from syncd_messages.receiver import Receiver
+
+        receiver = Receiver()
+        await nursery.start(receiver.serve)
+
+        def torn() -> None:
+            with socket.create_connection(("127.0.0.1", receiver.port)) as sock:
+                sock.sendall(b"POST /hook HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+
+        await trio.to_thread.run_sync(torn)
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(receiver.url, content=b'{"queueType":"in","messages":[]}')
+        assert answer.status_code == 200
+        assert [r.answer for r in receiver.requests] == ["ok"]
