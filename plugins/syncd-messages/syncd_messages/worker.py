@@ -344,15 +344,17 @@ class MessagesWorker:
             stamps = [open_envelope(item)[0] for item in (first_held, first_listed) if item]
             stamps = [s for s in stamps if s is not None]
             lane.oldest_age = max(0.0, (now_ms - min(stamps)) / 1000) if stamps else 0.0
-            if self.direct:
-                # It reads the queue itself, whose items carry no time.
+            if self.direct and per_queue[lane.queue_type]:
+                # It reads the queue itself, whose items carry no time: unknown.
                 lane.waiting += per_queue[lane.queue_type]
                 per_queue[lane.queue_type] = 0
-            oldest_overall = max(oldest_overall, lane.oldest_age)
+                lane.oldest_age = None
             most[lane.queue_type] = max(most[lane.queue_type], lane.waiting)
             self.metrics.waiting.labels(lane.queue_type, lane.writer.name).set(lane.waiting)
-            self.metrics.oldest_age.labels(lane.queue_type, lane.writer.name).set(
-                lane.oldest_age)
+            if lane.oldest_age is not None:
+                oldest_overall = max(oldest_overall, lane.oldest_age)
+                self.metrics.oldest_age.labels(lane.queue_type, lane.writer.name).set(
+                    lane.oldest_age)
         for queue_type in cfg.queues:
             total += per_queue[queue_type] + most[queue_type]
         self.ctx.metrics.backlog(total, oldest_overall)
