@@ -174,6 +174,7 @@ class Daemon:
             report=runner.report,
             hook=self.pm.hook,
             stop_deadline=runner.stop_deadline,
+            report_error=runner.report_error,
         )
 
     # -- running -------------------------------------------------------------------------

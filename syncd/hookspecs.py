@@ -78,12 +78,15 @@ def syncd_metrics(metrics: Metrics) -> None:
 
 
 @hookspec
-def syncd_workload(plugin: str, prefix: str) -> Workload | None:
+def syncd_workload(plugin: str, prefix: str) -> Workload | list[Workload] | None:
     """Describe how to produce and count test data for this plugin.
 
     Used by ``syncd bench`` and ``syncd chaos`` (and their CI smoke tests) to
     drive a plugin the way the user's application would, then check that
     every item arrived exactly once. Return None unless ``plugin`` is yours.
+    A plugin whose configurations differ enough to measure apart returns a
+    list, each with its own `Workload.variant` (messages: the database
+    writer alone, and all its writers); each runs as its own row.
 
     :param prefix: unique per run; name every key and table with it.
     """

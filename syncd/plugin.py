@@ -81,6 +81,9 @@ class Worker(Protocol):
     now although it runs (e.g. "not subscribed to view_count_updates"), or
     None when it can. Sync and cheap; the probe answers 503 with the reason
     while it is not None.
+
+    Optional: ``status() -> dict`` (sync, no I/O): shown under ``detail``
+    in ``/plugins/{name}`` (messages shows each writer's backlog there).
     """
 
     interval: float | None
@@ -152,6 +155,11 @@ class PluginContext:
             Trio time by which the plugin must have stopped (the shutdown
             grace). For a plugin whose ``run`` holds work that should finish
             rather than be cut (jobs in flight): shield it, bounded by this.
+        report_error: Call with an exception the worker handles itself (it
+            backs off and retries one sink while the others go on) so that
+            it is counted, shown as the plugin's last error and reaches
+            ``sync_error`` listeners. Errors that escape ``run`` or
+            ``flush`` are reported by the core.
     """
 
     name: str
@@ -165,3 +173,4 @@ class PluginContext:
     report: Callable[[SyncResult, float | None], None]
     hook: Any = None
     stop_deadline: Callable[[], float] | None = None
+    report_error: Callable[[BaseException], None] = lambda error: None

@@ -28,6 +28,11 @@ Redis keys, for ``source`` and ``consumer``:
     Heartbeat (PX TTL). ``reclaimed-by:{other}`` while another consumer
     finishes this one's batch.
 
+An ack may also hand the batch on (``forward_to``): its items go to other
+lists in the same script that removes it, a durable fan-out with no window
+in which an item is in both places or in neither. The messages plugin feeds
+one list per writer this way, each consumed by a queue of its own.
+
 Every script is safe to run twice. A command whose reply is lost (the
 connection drops) may still have run, and it runs again when redis-py is set
 to retry, or when the caller retries after `RedisUnavailable`. So the
@@ -118,6 +123,36 @@ _ACK = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 for i = 4, #ARGV, 2 do
   redis.call('RPUSH', KEYS[5 + tonumber(ARGV[i])], ARGV[i + 1])
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+if ARGV[2] ~= '' and redis.call('GET', KEYS[5]) == ARGV[2] then
+  redis.call('SREM', KEYS[4], ARGV[3])
+  redis.call('DEL', KEYS[5])
+end
+return 1
+"""
+
+# `_ACK`, and in the same step hand items on to other lists (a fan-out): each
+# forward list gets every item, LPUSHed oldest first so the list reads like
+# a source (oldest at the right) and can be consumed by a ReliableQueue of
+# its own. Nothing is forwarded unless the id still matches, so a batch is
+# handed on exactly once however often the ack is replayed.
+# KEYS: processing, batch id, sealed, registry, heartbeat,
+#       forward lists (ARGV[4] of them), dead-letter lists...
+# ARGV: batch id, reclaim mark or '', consumer name, number of forward
+#       lists, number of items n, the n items, [list index, entry]...
+_ACK_FORWARD = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local lists = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+for k = 1, lists do
+  -- unpack() is limited by Lua's C stack (8000 values): push in chunks
+  for i = 6, 5 + n, 1000 do
+    redis.call('LPUSH', KEYS[5 + k], unpack(ARGV, i, math.min(i + 999, 5 + n)))
+  end
+end
+for i = 6 + n, #ARGV, 2 do
+  redis.call('RPUSH', KEYS[5 + lists + tonumber(ARGV[i])], ARGV[i + 1])
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 if ARGV[2] ~= '' and redis.call('GET', KEYS[5]) == ARGV[2] then
@@ -238,6 +273,7 @@ class ReliableQueue:
             ("recover", _RECOVER),
             ("fill", _FILL),
             ("ack", _ACK),
+            ("ack_forward", _ACK_FORWARD),
             ("claim", _CLAIM),
             ("close", _CLOSE),
         ]:
@@ -359,7 +395,14 @@ class ReliableQueue:
 
     # -- finishing a batch ---------------------------------------------------------
 
-    async def ack(self, batch: Batch, dead_letters: Sequence[DeadLetter] = ()) -> bool:
+    async def ack(
+        self,
+        batch: Batch,
+        dead_letters: Sequence[DeadLetter] = (),
+        *,
+        forward_to: Sequence[str] = (),
+        forward: Sequence[bytes] | None = None,
+    ) -> bool:
         """Remove ``batch`` from Redis and push its dead letters, atomically.
 
         Only if its id is still current: False means it was already finished
@@ -367,10 +410,35 @@ class ReliableQueue:
         very call when redis-py replayed it after a lost reply) and nothing was
         done. For a reclaimed batch, the orphan is also deregistered unless it
         has come back meanwhile.
+
+        ``forward_to`` hands the batch on in the same step: every list named
+        there receives ``forward`` (default: the batch's own items), oldest
+        first, LPUSHed the way an application feeds a source list, so each
+        can be consumed by a `ReliableQueue` of its own. That is a durable
+        fan-out: the items are in every forward list or still in this batch,
+        never both and never neither, and a replayed ack forwards nothing
+        twice. (On Redis Cluster, the forward lists must share the
+        processing list's hash slot: give the source a hash tag and derive
+        them with `syncd.slot_key`.)
         """
         keys = self._keys(batch.consumer)
         mark = "" if batch.consumer == self.consumer else RECLAIMED_BY + self.consumer
         lists, dl_args = script_args(dead_letters)
+        if forward_to:
+            items = list(batch.items if forward is None else forward)
+            targets = list(dict.fromkeys(forward_to))
+            script = self._scripts["ack_forward"]
+            done = await self.redis.run(
+                lambda client: script(
+                    keys=[*self._finish_keys(keys), *targets, *lists],
+                    args=[batch.id, mark, batch.consumer, len(targets), len(items),
+                          *items, *dl_args],
+                    client=client,
+                )
+            )
+            return bool(done)
+        if forward is not None:
+            raise ValueError("forward items given without forward_to lists")
         script = self._scripts["ack"]
         done = await self.redis.run(
             lambda client: script(

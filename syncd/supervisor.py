@@ -353,7 +353,16 @@ class PluginRunner:
             self._set_state("paused" if self.gate.paused else "running")
         self._emit("syncd_sync_success", plugin=name, result=result, duration=duration or 0.0)
 
-    def _record_error(self, error: BaseException, *, crashed: bool) -> None:
+    def report_error(self, error: BaseException) -> None:
+        """Account for a failure the worker handles itself (called by the worker
+        via ``ctx.report_error``): counted by kind, shown as ``last_error``,
+        ``sync_error`` emitted. The state does not change: a worker that
+        retries one of its sinks while the others go on is still running."""
+        self._record_error(error, crashed=False, what="batch failed")
+
+    def _record_error(
+        self, error: BaseException, *, crashed: bool, what: str = "flush failed"
+    ) -> None:
         kind = error_kind(error)
         self.metrics.errors.labels(self.name, kind).inc()
         self.last_error = {
@@ -370,7 +379,7 @@ class PluginRunner:
             else:
                 self.log.error("worker crashed", exc_info=error, extra={"kind": kind})
         else:
-            self.log.warning("flush failed", extra={"error": str(error), "kind": kind})
+            self.log.warning(what, extra={"error": str(error), "kind": kind})
         self._emit("syncd_sync_error", plugin=self.name, error=error)
 
     def _set_state(self, state: str) -> None:
@@ -389,10 +398,21 @@ class PluginRunner:
                                    extra={"event": hook, "listener": impl.plugin_name})
 
     def status(self) -> dict[str, Any]:
-        """What /plugins and `syncd` status commands show."""
+        """What /plugins and `syncd` status commands show.
+
+        A worker with a ``status()`` method (sync, cheap: no I/O) adds its own
+        facts under ``detail``, e.g. the messages plugin's backlog per writer.
+        """
         last_error = None
         if self.last_error is not None:
             last_error = {**self.last_error, "at": _iso(self.last_error["at"])}
+        detail = None
+        worker_status = getattr(self.worker, "status", None)
+        if callable(worker_status):
+            try:
+                detail = worker_status()
+            except Exception:
+                self.log.exception("worker status failed")
         return {
             "name": self.name,
             "state": self.state,
@@ -416,6 +436,7 @@ class PluginRunner:
             "restarts": self.restarts,
             "package": self.package,
             "version": self.version,
+            "detail": detail,
         }
 
 

@@ -93,6 +93,12 @@ class Workload:
             seed used first (e.g. ``("mysql", "postgresql")``); empty means
             any. The harness skips other databases and runs CI's short chaos
             on the first.
+        variant: Names this workload among several of one plugin (e.g.
+            ``"all writers"``); shown after the plugin's name in reports.
+        prefix: The unique name this workload's keys and tables carry, when
+            it is not the hook's ``prefix`` as given: each variant names its
+            keys apart, e.g. ``f"{prefix}_all"``, so that resetting one
+            (every key containing its prefix) leaves the others alone.
     """
 
     plugin: str
@@ -106,3 +112,10 @@ class Workload:
     ceiling: Callable[[WorkloadEnv, int], None] | None = None
     teardown: Callable[[WorkloadEnv], None] | None = None
     dialects: tuple[str, ...] = ()
+    variant: str = ""
+    prefix: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``plugin`` or ``plugin (variant)``, for reports."""
+        return f"{self.plugin} ({self.variant})" if self.variant else self.plugin

@@ -266,3 +266,35 @@ class TestBench:
             assert row.tally_ok, row.samples
             assert all(row.rate(side) for side in ("syncd", "baseline", "ceiling"))
         assert any("syncd" in line and "tally ok" in line for line in lines)
+
+
+class _TwoVariants:
+    """The probe's plugin and workload under another name, offered twice."""
+
+    @syncd.hookimpl
+    def syncd_plugin(self) -> syncd.PluginSpec:
+        return syncd.PluginSpec(name="two", config=ProbeConfig, create=ProbeWorker)
+
+    @syncd.hookimpl
+    def syncd_workload(self, plugin: str, prefix: str) -> list[syncd.Workload] | None:
+        if plugin != "two":
+            return None
+        base = syncd_workload(NAME, prefix)
+        big = syncd_workload(NAME, f"{prefix}_big")
+        assert base is not None and big is not None
+        return [attrs.evolve(base, plugin="two"),
+                attrs.evolve(big, plugin="two", variant="big", prefix=f"{prefix}_big")]
+
+
+class TestVariants:
+    """A plugin may offer several workloads: each is a subject (a row) of its own."""
+
+    def test_each_variant_is_a_subject_with_its_own_prefix(self) -> None:
+        from syncd.harness.env import find_subjects
+
+        subjects = find_subjects(get_plugin_manager([_TwoVariants()], autoload=False), ["two"])
+        assert [s.label for s in subjects] == ["two", "two (big)"]
+        assert [s.plugin for s in subjects] == ["two", "two"]
+        first, second = subjects
+        assert second.prefix == f"{first.prefix}_big"
+        assert second.workload.options["source"].startswith(second.prefix)

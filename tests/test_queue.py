@@ -845,3 +845,55 @@ async def test_outage_then_recovery_loses_nothing(
         handle.close()
     ledger.assert_exactly_once(produced)
     assert_drained(redis_client, source)
+
+
+# -- fan-out: ack that forwards ------------------------------------------------------
+
+
+async def test_ack_forwards_to_every_list_once_and_in_order(
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
+) -> None:
+    """Forwarded items land in each list oldest-first, readable by a queue of its own;
+    a replayed or stale ack forwards nothing again."""
+    source = f"{prefix}:q"
+    lanes = [f"{{{source}}}:writer:a", f"{{{source}}}:writer:b"]
+    produce(redis_client, source, items(25))
+    q = ReliableQueue(redis_handle, source, "c1")
+    first = await q.take(10, 0.0, 0.1)
+    assert first is not None
+    assert await q.ack(first, forward_to=lanes)
+    assert not await q.ack(first, forward_to=lanes)  # replayed: nothing twice
+    second = await q.take(100, 0.0, 0.1)
+    assert second is not None
+    upper = [item.upper() for item in second.items]
+    dead = [DeadLetter(f"{prefix}:dead", second.items[0], "first is bad", "test")]
+    assert await q.ack(second, dead, forward_to=lanes, forward=upper[1:])
+    assert [DeadLetter.decode(f"{prefix}:dead", raw).payload_bytes
+            for raw in redis_client.lrange(f"{prefix}:dead", 0, -1)] == [second.items[0]]
+    expected = first.items + upper[1:]
+    for lane in lanes:
+        consumer = ReliableQueue(redis_handle, lane, "w1")
+        seen: list[bytes] = []
+        while (batch := await consumer.take(7, 0.0, 0.05)) is not None:
+            seen += batch.items
+            assert await consumer.ack(batch)
+        assert seen == expected
+    assert await q.length() == 0 and await q.processing_length() == 0
+
+
+async def test_ack_forwards_big_batches_and_nothing_on_a_wrong_id(
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
+) -> None:
+    """More items than one Lua unpack() takes; a stale id forwards nothing."""
+    source = f"{prefix}:q"
+    lane = f"{{{source}}}:writer:a"
+    produce(redis_client, source, items(2500))
+    q = ReliableQueue(redis_handle, source, "c1")
+    batch = await q.take(2500, 0.0, 0.1)
+    assert batch is not None and len(batch) == 2500
+    assert not await q.ack(attrs.evolve(batch, id="stale"), forward_to=[lane])
+    assert redis_client.llen(lane) == 0
+    assert await q.ack(batch, forward_to=[lane, lane])  # named twice: forwarded once
+    assert redis_client.lrange(lane, 0, -1)[::-1] == batch.items
+    with pytest.raises(ValueError, match="forward_to"):
+        await q.ack(batch, forward=[b"x"])

@@ -168,6 +168,64 @@ class TestInsertIgnore:
         assert await rows_of(db, table) == []
 
 
+class TestInsert:
+    """Plain batched inserts (no conflict clause), for tables kept exact by the ledger."""
+
+    @pytest.mark.parametrize("size", [3, 600])  # below and above COPY_MIN_ROWS
+    async def test_inserts_every_row_in_order(
+        self, db: Database, make_table: MakeTable, size: int
+    ) -> None:
+        table = await make_table(NAMES)
+        rows = [(i, f"r{i}") for i in range(size)]
+
+        def write(tx: Transaction) -> InsertResult:
+            return tx.insert(table, ["id", "name"], rows)
+
+        assert await db.transaction(write) == InsertResult(size, [])
+        assert await rows_of(db, table) == rows
+
+    @pytest.mark.parametrize("size", [5, 600])
+    async def test_isolate_rejects_bad_rows_and_duplicates(
+        self, db: Database, make_table: MakeTable, size: int
+    ) -> None:
+        """A duplicate key is refused like bad data (never skipped silently)."""
+        table = await make_table(NAMES)
+        rows = [(i, f"r{i}") for i in range(size)]
+        rows[1] = (1, "far too long a value")
+        rows[3] = (2, "dup of 2")  # id 2 is row 2
+        result = await db.transaction(
+            lambda tx: tx.insert(table, ["id", "name"], rows, isolate=True))
+        assert result.inserted == size - 2
+        assert [index for index, _ in result.rejected] == [1, 3]
+        assert all(message for _, message in result.rejected)
+        assert await rows_of(db, table) == [r for i, r in enumerate(rows) if i not in (1, 3)]
+
+    async def test_without_isolate_an_error_rolls_back_the_batch(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        table = await make_table(NAMES)
+        rows = [(i, "y" * 20 if i == 300 else f"r{i}") for i in range(600)]
+        with pytest.raises(db.driver_error):
+            await db.transaction(lambda tx: tx.insert(table, ["id", "name"], rows))
+        assert await rows_of(db, table) == []
+
+    async def test_nul_in_json_is_refused_by_postgresql_only(
+        self, db: Database, make_table: MakeTable
+    ) -> None:
+        """JSONB cannot hold \\u0000 (nor a lone surrogate escape); JSON text elsewhere can."""
+        kind = "JSONB" if db.dialect == Dialect.POSTGRESQL else "TEXT"
+        table = await make_table(f"id BIGINT PRIMARY KEY, doc {kind}")
+        docs = ['{"a": 1}', '{"a": "nul \\u0000"}', '{"a": "\\ud800"}', '{"a": "\\u00e9"}']
+        rows = [(i, doc) for i, doc in enumerate(docs * 150)]
+        result = await db.transaction(lambda tx: tx.insert(table, ["id", "doc"], rows,
+                                                           isolate=True))
+        refused = {index % 4 for index, _ in result.rejected}
+        if db.dialect == Dialect.POSTGRESQL:
+            assert refused == {1, 2} and result.inserted == 300
+        else:
+            assert result == InsertResult(600, [])
+
+
 class TestIncrement:
     """Counter deltas: summed per key, applied in one statement, missing keys reported."""
 

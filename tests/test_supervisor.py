@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import attrs
 import probe_plugin
 import pytest
 import redis
@@ -322,3 +323,56 @@ async def test_redis_connections_carry_the_instance_name(
         await wait_for(lambda: counter(redis_client, f"{prefix}:a:batches") >= 1)
         names = {c["name"] for c in redis_client.client_list()}
         assert f"syncd:{daemon.config.instance}" in names
+
+
+@attrs.frozen
+class _SinkConfig:
+    pass
+
+
+@attrs.define
+class _SinkWorker:
+    """Retries a sink of its own while it keeps running, and says so in its status."""
+
+    ctx: syncd.PluginContext
+    interval: float | None = None
+    attempts: int = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        self.attempts += 1
+        self.ctx.report_error(syncd.TransientError("sink b is down"))
+        await trio.sleep_forever()
+
+    async def flush(self) -> syncd.SyncResult:
+        return syncd.SyncResult()
+
+    def status(self) -> dict[str, Any]:
+        return {"sinks": {"a": "ok", "b": "retrying"}, "attempts": self.attempts}
+
+
+class _Sink:
+    @syncd.hookimpl
+    def syncd_plugin(self) -> syncd.PluginSpec:
+        return syncd.PluginSpec(name="sink", config=_SinkConfig, create=_SinkWorker,
+                                uses_database=False)
+
+
+class TestWorkerReports:
+    """A worker that handles a failure itself reports it without being restarted,
+    and adds its own facts to its status."""
+
+    async def test_report_error_and_status_detail(self) -> None:
+        listener = Listener()
+        async with run_daemon(daemon_config({"sink": {}}), [_Sink(), listener]) as daemon:
+            runner = daemon.runner("sink")
+            await wait_for(lambda: runner.last_error is not None)
+            status = runner.status()
+            assert status["state"] == "running" and runner.restarts == 0
+            assert status["last_error"]["message"] == "sink b is down"
+            assert status["last_error"]["kind"] == "transient"
+            assert status["detail"] == {"sinks": {"a": "ok", "b": "retrying"}, "attempts": 1}
+            errors = [e for e in listener.events if e[0] == "sync_error"]
+            assert [(e[1], str(e[2])) for e in errors] == [("sink", "sink b is down")]
+            assert daemon.metrics.registry.get_sample_value(
+                "syncd_errors_total", {"plugin": "sink", "kind": "transient"}) == 1

@@ -102,8 +102,8 @@ async def bench_one(
     progress: Progress,
 ) -> BenchRow:
     workload = subject.workload
-    row = BenchRow(subject.plugin, target.name, target.dialect, workload.unit, options.items)
-    label = f"{subject.plugin}/{target.name}"
+    row = BenchRow(subject.label, target.name, target.dialect, workload.unit, options.items)
+    label = f"{subject.label}/{target.name}"
     with open_env(target.url, subject.prefix, options.redis_url) as env:
         try:
             for round_ in range(1, options.repeat + 1):

@@ -115,7 +115,7 @@ async def run_chaos(
     rows = []
     for subject, target in runs(pm, options.plugins, options.databases,
                                 stem="chaos", progress=progress):
-        rng = random.Random(f"{options.seed}:{subject.plugin}:{target.name}")
+        rng = random.Random(f"{options.seed}:{subject.label}:{target.name}")
         run = ChaosRun(subject, target, options, rng, progress, _child_env(environ))
         rows.append(await run.run())
     return rows
@@ -344,7 +344,7 @@ class ChaosRun:
     _pending: int | None = None
 
     def __attrs_post_init__(self) -> None:
-        self.row = ChaosRow(self.subject.plugin, self.target.name,
+        self.row = ChaosRow(self.subject.label, self.target.name,
                             faults={"sigkill": 0, "db_kill": 0, "redis_kill": 0, "pause": 0})
 
     @property
@@ -353,7 +353,7 @@ class ChaosRun:
 
     @property
     def label(self) -> str:
-        return f"{self.subject.plugin}/{self.target.name}"
+        return f"{self.subject.label}/{self.target.name}"
 
     async def run(self) -> ChaosRow:
         started = time.perf_counter()

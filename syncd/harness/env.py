@@ -174,6 +174,11 @@ class Subject:
     prefix: str
     workload: Workload
 
+    @property
+    def label(self) -> str:
+        """The plugin's name, with its workload's variant if it has one."""
+        return self.workload.label
+
 
 def find_subjects(
     pm: pluggy.PluginManager, names: Sequence[str] = (), *, stem: str = "h"
@@ -196,7 +201,9 @@ def find_subjects(
             if names:
                 raise LookupError(f"plugin {name} provides no workload (syncd_workload hook)")
             continue
-        subjects.append(Subject(name, prefix, results[0]))
+        # One hook implementation answers for a plugin; a list holds its variants.
+        found = results[0] if isinstance(results[0], list) else [results[0]]
+        subjects.extend(Subject(name, workload.prefix or prefix, workload) for workload in found)
     return subjects
 
 
@@ -224,5 +231,5 @@ def runs(
             if supports(subject.workload, target):
                 yield subject, target
             else:
-                progress(f"[{stem}] {subject.plugin}/{target.name}: skipped (the plugin "
+                progress(f"[{stem}] {subject.label}/{target.name}: skipped (the plugin "
                          f"writes to {', '.join(subject.workload.dialects)} only)")

@@ -319,21 +319,58 @@ class Transaction:
         this same transaction. Connection-level errors always propagate.
         Without it, the first data error propagates.
         """
+        table_q, cols_q, batch = self._insert_args("insert_ignore", table, columns, rows)
+        return self._write_rows(
+            lambda part: self._insert_rows(table_q, cols_q, part), batch, isolate)
+
+    def insert(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        *,
+        isolate: bool = False,
+    ) -> InsertResult:
+        """Insert ``rows`` as they are, with no conflict handling: the fastest write.
+
+        For tables whose exactly-once comes from the ledger
+        (`Database.apply_batch`) rather than from a unique key, such as an
+        append-only log of messages. PostgreSQL COPYs straight into the
+        table, where `insert_ignore` must COPY into a temporary table first
+        to skip conflicts (measured here with JSONB rows in batches of 1,000:
+        ~1.7x the rows per second). A duplicate key is an error like any
+        other; ``isolate`` works as in `insert_ignore`.
+        """
+        table_q, cols_q, batch = self._insert_args("insert", table, columns, rows)
+        return self._write_rows(
+            lambda part: self._append_rows(table_q, cols_q, part), batch, isolate)
+
+    def _insert_args(
+        self, what: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> tuple[str, list[str], list[tuple[Any, ...]]]:
         table_q = self.quote(table)
         cols_q = self._quote_columns(columns)
         batch = [tuple(row) for row in rows]
         for index, row in enumerate(batch):
             if len(row) != len(cols_q):
                 raise ValueError(
-                    f"insert_ignore({table}): row {index} has {len(row)} values "
+                    f"{what}({table}): row {index} has {len(row)} values "
                     f"for {len(cols_q)} columns"
                 )
+        return table_q, cols_q, batch
+
+    def _write_rows(
+        self,
+        write: Callable[[list[tuple[Any, ...]]], int],
+        batch: list[tuple[Any, ...]],
+        isolate: bool,
+    ) -> InsertResult:
         if not batch:
             return InsertResult(0, [])
         if not isolate:
-            return InsertResult(self._insert_rows(table_q, cols_q, batch), [])
+            return InsertResult(write(batch), [])
         rejected: list[tuple[int, str]] = []
-        inserted = self._insert_isolating(table_q, cols_q, batch, 0, rejected)
+        inserted = self._insert_isolating(write, batch, 0, rejected)
         rejected.sort()
         return InsertResult(inserted, rejected)
 
@@ -430,6 +467,10 @@ class Transaction:
         """Insert ``rows`` skipping existing keys, the fast way; return rows inserted."""
         raise NotImplementedError
 
+    def _append_rows(self, table_q: str, cols_q: list[str], rows: list[tuple[Any, ...]]) -> int:
+        """Insert ``rows`` with no conflict clause, the fast way; return rows inserted."""
+        raise NotImplementedError
+
     def _upsert_increment(
         self,
         table_q: str,
@@ -507,13 +548,12 @@ class Transaction:
 
     def _insert_isolating(
         self,
-        table_q: str,
-        cols_q: list[str],
+        write: Callable[[list[tuple[Any, ...]]], int],
         rows: list[tuple[Any, ...]],
         offset: int,
         rejected: list[tuple[int, str]],
     ) -> int:
-        """Insert ``rows``; on a data error, bisect to find the rows to reject.
+        """``write(rows)``; on a data error, bisect to find the rows to reject.
 
         One bad row among n costs about 2n row-inserts in O(log n)
         statements, instead of n round trips for row-at-a-time inserts; a
@@ -521,7 +561,7 @@ class Transaction:
         """
         try:
             with self._savepoint():
-                return self._insert_rows(table_q, cols_q, rows)
+                return write(rows)
         except Exception as exc:
             if not self._db._is_row_error(exc):
                 raise
@@ -530,8 +570,8 @@ class Transaction:
                 return 0
         middle = len(rows) // 2
         return self._insert_isolating(
-            table_q, cols_q, rows[:middle], offset, rejected
-        ) + self._insert_isolating(table_q, cols_q, rows[middle:], offset + middle, rejected)
+            write, rows[:middle], offset, rejected
+        ) + self._insert_isolating(write, rows[middle:], offset + middle, rejected)
 
     def _increment_isolating(
         self, call: _Increment, keys: list[Any], deltas: list[list[int]],

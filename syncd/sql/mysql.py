@@ -280,8 +280,15 @@ class MySQLTransaction(Transaction):
         return f"(SELECT {first} UNION ALL SELECT {' UNION ALL SELECT '.join(rest)})"
 
     def _insert_rows(self, table_q: str, cols_q: list[str], rows: list[tuple[Any, ...]]) -> int:
+        return self._insert_values(table_q, cols_q, rows, self._conflict_do_nothing(cols_q))
+
+    def _append_rows(self, table_q: str, cols_q: list[str], rows: list[tuple[Any, ...]]) -> int:
+        return self._insert_values(table_q, cols_q, rows, "")
+
+    def _insert_values(
+        self, table_q: str, cols_q: list[str], rows: list[tuple[Any, ...]], suffix: str
+    ) -> int:
         prefix = f"INSERT INTO {table_q} ({', '.join(cols_q)}) VALUES "
-        suffix = self._conflict_do_nothing(cols_q)
         cur = self._cursor()
         total = 0
         for values in self._statements(self._literals(rows, len(cols_q))):

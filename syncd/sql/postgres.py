@@ -91,6 +91,24 @@ class PostgresTransaction(Transaction):
         cur.execute("DROP TABLE pg_temp.syncd_copy", prepare=False)
         return inserted
 
+    def _append_rows(self, table_q: str, cols_q: list[str], rows: list[tuple[Any, ...]]) -> int:
+        cur = self._cursor()
+        cols = ", ".join(cols_q)
+        if len(rows) < COPY_MIN_ROWS:
+            marks = ", ".join(["%s"] * len(cols_q))
+            sql = f"INSERT INTO {table_q} ({cols}) VALUES ({marks})"
+            if len(rows) == 1:
+                # A lone row, often one suspected of being refused: executemany
+                # would pipeline it, and psycopg logs every aborted pipeline.
+                cur.execute(sql, rows[0])
+            else:
+                cur.executemany(sql, rows)
+            return cur.rowcount
+        with cur.copy(f"COPY {table_q} ({cols}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return len(rows)
+
     @staticmethod
     def _arrays(key_type: str, keys: list[Any], deltas: list[list[int]]) -> tuple[str, list[Any]]:
         """``unnest(…)`` arguments: keys cast to the key column's type, deltas bigint.

@@ -44,6 +44,12 @@ class SQLiteTransaction(Transaction):
         )
         return cur.rowcount
 
+    def _append_rows(self, table_q: str, cols_q: list[str], rows: list[tuple[Any, ...]]) -> int:
+        cur = self._cursor()
+        marks = ", ".join(["?"] * len(cols_q))
+        cur.executemany(f"INSERT INTO {table_q} ({', '.join(cols_q)}) VALUES ({marks})", rows)
+        return cur.rowcount
+
     def _existing(
         self, table_q: str, key_q: str, keys: list[Any], cols_q: list[str],
         deltas: list[list[int]],
