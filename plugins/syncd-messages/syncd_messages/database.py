@@ -26,9 +26,6 @@ import syncd
 from syncd_messages.schema import COLUMNS, create_statement
 from syncd_messages.written import Written
 
-#: Tables already looked up in the catalog by this process: DDL runs once.
-_ready: set[tuple[str, str]] = set()
-
 
 @attrs.define(eq=False)
 class DatabaseWriter:
@@ -47,16 +44,12 @@ class DatabaseWriter:
         table = self.ctx.config.table
         if not self.ctx.config.create_table:
             return
-        key = (self.database.url, table)
-        if key in _ready:
-            return
 
         def create(tx: syncd.Transaction) -> None:
             if not tx.table_exists(table):
                 tx.execute(create_statement(tx.dialect, table))
 
-        await self.database.transaction(create)
-        _ready.add(key)
+        await self.database.setup_once(f"messages:{table}", create)
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ from syncd_messages.keys import lane_key
 from syncd_messages.receiver import Receiver, token
 
 import syncd
+from syncd.quarantine import Selection
 from syncd.testing import daemon_config, run_daemon, wait_for
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -184,6 +185,24 @@ class TestWebhookDown:
         assert {d.reason for d in dead} == {"webhook answered 400: nope: 400"}
         assert {d.source for d in dead} == {lane_key(messages.queues["out"], "webhook")}
         assert [json.loads(d.payload_bytes)["id"] for d in dead] == [f"m{i}" for i in range(10)]
+
+    async def test_a_requeued_batch_goes_to_the_writer_that_refused_it_only(
+        self, pg_messages: Messages, receiver: Receiver
+    ) -> None:
+        messages = pg_messages
+        receiver.plan = ["400"]
+        messages.push("out", *[json.dumps({"id": f"m{i}"}).encode() for i in range(10)])
+        async with daemon(messages, receiver) as running:
+            await wait_for(lambda: len(messages.dead_letters("out")) == 10, 30)
+            # The receiver is fixed: the operator requeues what it refused.
+            outcome = await running.quarantines["messages"].requeue(Selection(all=True))
+            assert (outcome.done, outcome.refused) == (10, [])
+            await wait_for(lambda: len(receiver.delivered()) == 1, 30)
+            await wait_for(lambda: messages.pending() == 0, 30)
+        assert messages.dead_letters("out") == []
+        assert delivered_tokens(receiver, "out") == [f"m{i}" for i in range(10)]
+        # The database and the file had it already and never got it again.
+        assert len(messages.rows("out")) == 10 and len(messages.lines("out")) == 10
 
     async def test_shutdown_is_not_held_by_a_hanging_webhook(
         self, pg_messages: Messages, receiver: Receiver
