@@ -18,6 +18,7 @@ import trio
 
 if TYPE_CHECKING:
     from syncd.gate import PauseGate
+    from syncd.lease import Fence
     from syncd.metrics import PluginMetrics
     from syncd.redis import RedisHandle
     from syncd.sql import Database
@@ -103,6 +104,15 @@ class PluginSpec:
         create: Called with the context; returns the `Worker` to supervise.
         description: One line for ``syncd plugins``.
         uses_database: False for plugins that write nowhere in SQL.
+        exclusive: Whether, by default, at most one replica runs the plugin
+            at a time, under a lease (the config's ``exclusive`` overrides
+            it). Counter plugins declare it: their replicas share the
+            in-flight snapshots, and would only redo each other's work.
+        lease_name: From the plugin's config, the name its replicas share
+            the lease under: what identifies the Redis data they take turns
+            on (e.g. the in-flight namespace), so that two deployments
+            writing to one database do not block each other. None: the
+            plugin's name. The config's ``lease_name`` overrides it.
     """
 
     name: str
@@ -110,6 +120,8 @@ class PluginSpec:
     create: Callable[[PluginContext], Worker]
     description: str = ""
     uses_database: bool = True
+    exclusive: bool = False
+    lease_name: Callable[[Any], str] | None = None
 
 
 @attrs.frozen
@@ -146,6 +158,12 @@ class PluginContext:
             inside ``run`` so status, metrics and ``sync_success`` listeners
             see it. What ``flush`` returns is reported by the core: report
             it again and it counts twice.
+        fence: For an exclusive plugin, the lease this worker runs under:
+            its name and fencing token. ``database`` then already checks
+            the token in every transaction it commits (`syncd.Fenced` if
+            the lease has passed to another replica); a plugin writing to
+            another sink that understands fencing tokens can pass it on.
+            None for a plugin that is not exclusive.
     """
 
     name: str
@@ -157,3 +175,4 @@ class PluginContext:
     gate: PauseGate
     instance: str
     report: Callable[[SyncResult, float | None], None]
+    fence: Fence | None = None
