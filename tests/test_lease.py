@@ -22,7 +22,6 @@ from syncd.redis import RedisHandle
 from syncd.sql import Database, open_database
 from syncd.testing import MYSQL_URL, PG_URL, REDIS_URL, wait_for
 
-
 #: The one-row table ``(id, n)`` each database test writes to.
 DATA = unique("lease_data")
 
