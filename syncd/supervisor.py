@@ -399,8 +399,8 @@ class PluginRunner:
         self.metrics.fenced_commits.labels(self.name).inc()
         if fence is not self.fence or self._epoch is None:
             return  # a worker of an epoch that is over already
-        if self._leaving is None:
-            self._leaving = f"commit fenced: {exc}"
+        # The most telling reason, whatever else noticed the loss first.
+        self._leaving = f"commit fenced: {exc}"
         if self.lease is not None:
             self.lease.drop()
         self._epoch.cancel()

@@ -206,12 +206,30 @@ class SyncdProcess:
             self.process.send_signal(signal.SIGKILL)
             await self.process.wait()
 
+    def freeze(self) -> None:
+        """SIGSTOP: every thread stops where it is, as in a long GC pause or a VM
+        migration; its connections stay open and its locks held."""
+        if self.running and self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: it carries on from where it stopped, unaware of the time gone."""
+        if self.running and self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the process is stopped now (by `freeze` or by a stop point)."""
+        pid = self.pid
+        return pid is not None and process_state(pid) in ("T", "t")
+
     async def terminate(self, timeout: float) -> int | None:
         """SIGTERM and wait for the graceful exit; None (and SIGKILL) if it hangs."""
         if self.process is None:
             return None
         if self.running:
             self.process.send_signal(signal.SIGTERM)
+            self.thaw()  # a stopped process acts on SIGTERM only once it runs
         with trio.move_on_after(timeout):
             return await self.process.wait()
         await self.kill()
@@ -221,6 +239,15 @@ class SyncdProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of ``pid`` in ``/proc`` (``R``, ``S``, ``T`` for stopped...)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
 
 
 class ChaosError(Exception):
