@@ -623,7 +623,9 @@ class ChaosRun:
             if self.rng.random() < 0.3:
                 await trio.sleep(self.rng.uniform(0.1, 1.0))
             # Sometimes kill it again before it is even up (during recovery).
-            await proc.start(wait=self.rng.random() >= 0.15)
+            # With replicas, never wait for it: the others carry on meanwhile.
+            wait = self.rng.random() >= 0.15
+            await proc.start(wait=wait and len(procs) == 1)
 
     def _check_alive(self, proc: SyncdProcess) -> None:
         """syncd must never exit by itself: a daemon that dies is a bug, even if
