@@ -105,8 +105,9 @@ class LeaseStore(Protocol):
         """Take the lease if it is free, expired, or ``holder``'s already (new token)."""
         ...
 
-    async def renew(self, name: str, token: int, ttl: float) -> bool:
-        """Extend it by ``ttl`` if ``token`` still holds it; False if another took it."""
+    async def renew(self, name: str, token: int, ttl: float) -> tuple[bool, bool]:
+        """Extend it by ``ttl`` if ``token`` still holds it. Returns whether it
+        does, and whether another replica asked for it within the last ``ttl``."""
         ...
 
     async def release(self, name: str, token: int) -> None:
@@ -132,8 +133,11 @@ class SQLLeaseStore:
         return LeaseView(got.held, row.holder, row.token, row.acquired_at, row.expires_in,
                          got.previous.holder if got.previous is not None else None)
 
-    async def renew(self, name: str, token: int, ttl: float) -> bool:
-        return await self.db.transaction(lambda tx: sql_leases.renew(tx, name, token, ttl))
+    async def renew(self, name: str, token: int, ttl: float) -> tuple[bool, bool]:
+        row = await self.db.transaction(lambda tx: sql_leases.renew(tx, name, token, ttl))
+        if row is None:
+            return False, False
+        return True, row.asked_ago is not None and row.asked_ago <= ttl
 
     async def release(self, name: str, token: int) -> None:
         await self.db.transaction(lambda tx: sql_leases.release(tx, name, token))
@@ -158,6 +162,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cur = redis.call('HMGET', KEYS[1], 'holder', 'token', 'since', 'expires')
 if cur[1] and cur[1] ~= ARGV[1] and tonumber(cur[4]) > now then
+  redis.call('HSET', KEYS[1], 'asked', now)
   return {0, cur[1], tonumber(cur[2]), tonumber(cur[3]), tonumber(cur[4]) - now, false}
 end
 local token = redis.call('HINCRBY', KEYS[1], 'token', 1)
@@ -166,13 +171,15 @@ redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'plugin', ARGV[2], 'since', now,
 return {1, ARGV[1], token, now, tonumber(ARGV[3]), cur[1] or false}
 """
 
-# KEYS: the lease.  ARGV: token, ttl ms (0: release, expire now).  Returns 1 if ours.
+# KEYS: the lease.  ARGV: token, ttl ms (0: release, expire now).
+# Returns {1 if ours, ms since another replica asked for it (-1: never)}.
 _RENEW = """
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return {0, -1} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'expires', now + tonumber(ARGV[2]))
-return 1
+local asked = redis.call('HGET', KEYS[1], 'asked')
+return {1, asked and now - tonumber(asked) or -1}
 """
 
 
@@ -205,16 +212,18 @@ class RedisLeaseStore:
                          datetime.fromtimestamp(int(since) / 1000, UTC), int(left) / 1000,
                          _text(previous) if previous else None)
 
-    async def renew(self, name: str, token: int, ttl: float) -> bool:
-        return await self._renew(name, token, _ms(ttl))
+    async def renew(self, name: str, token: int, ttl: float) -> tuple[bool, bool]:
+        held, asked_ago = await self._renew(name, token, _ms(ttl))
+        return bool(held), 0 <= int(asked_ago) <= _ms(ttl)
 
     async def release(self, name: str, token: int) -> None:
         await self._renew(name, token, 0)
 
-    async def _renew(self, name: str, token: int, ms: int) -> bool:
+    async def _renew(self, name: str, token: int, ms: int) -> tuple[int, int]:
         script = self._scripts["renew"]
-        return bool(await self.redis.run(
-            lambda client: script(keys=[self.key(name)], args=[token, ms], client=client)))
+        held, asked_ago = await self.redis.run(
+            lambda client: script(keys=[self.key(name)], args=[token, ms], client=client))
+        return int(held), int(asked_ago)
 
 
 def _ms(seconds: float) -> int:
@@ -237,6 +246,8 @@ class Lease:
         ttl: Seconds it lasts without a renewal.
         token: The fencing token while this replica holds it, else None.
         seen: What the last acquisition attempt found.
+        contested: Whether, at the last renewal, another replica was waiting
+            for it (asked within a ttl): a paused holder then hands it over.
     """
 
     store: LeaseStore
@@ -246,6 +257,8 @@ class Lease:
     ttl: float
     token: int | None = None
     seen: LeaseView | None = None
+    #: Whether, at the last renewal, another replica was waiting for the lease.
+    contested: bool = False
     #: When (trio time) the last acquisition or renewal that succeeded began:
     #: the store may have stamped it any time after, never before.
     _confirmed: float = -math.inf
@@ -275,6 +288,7 @@ class Lease:
             self._confirmed = started
         else:
             self.token = None
+        self.contested = False
         return seen.held
 
     async def renew(self) -> bool:
@@ -283,7 +297,8 @@ class Lease:
         if token is None:
             return False
         started = trio.current_time()
-        if not await self.store.renew(self.name, token, self.ttl):
+        held, self.contested = await self.store.renew(self.name, token, self.ttl)
+        if not held:
             self.drop()
             return False
         self._confirmed = started

@@ -13,9 +13,10 @@ built afresh, under a `Fence` carrying the new token, and runs in a cancel
 scope of its own (an *epoch*) beside a task that renews the lease. The
 epoch ends, and the plugin goes back to standby, when a renewal finds the
 lease gone, when the lease could not be renewed for a whole ttl, when a
-commit is fenced, or when the plugin is paused (it then hands the lease
-back). A flush in flight is let finish first, so a replica stops between
-batches; one that commits under a stale token is refused by the database.
+commit is fenced, or when the plugin is paused while another replica waits
+for the lease (it then hands the lease over). A flush in flight is let
+finish first, so a replica stops between batches; one that commits under a
+stale token is refused by the database.
 """
 
 from __future__ import annotations
@@ -344,14 +345,28 @@ class PluginRunner:
             "previous": previous if previous and previous != lease.holder else "-"})
 
     async def _keep_lease(self) -> None:
-        """Renew the lease every third of its ttl until it is lost or handed back."""
+        """Renew the lease every third of its ttl until it is lost or handed over.
+
+        Paused, the holder hands the lease over to a replica standing by (one
+        asked for it within a ttl), after the batch in flight. With nobody
+        waiting it keeps the lease, so that a lone daemon paused changes
+        nothing but the pause itself (views keeps its pub/sub subscription),
+        and hands it over at the first renewal that finds a replica waiting.
+        """
         lease = self.lease
         assert lease is not None
+        renewal = trio.current_time() + lease.renew_every
         while True:
-            with trio.move_on_after(lease.renew_every):
-                await self.gate.wait_paused()
-                await self._leave("paused: lease handed back", release=True)
+            if self.gate.paused and lease.contested:
+                await self._leave("paused: lease handed to a replica standing by",
+                                  release=True)
                 return
+            with trio.move_on_at(renewal):
+                if not self.gate.paused:
+                    await self.gate.wait_paused()
+                    continue  # paused now: hand over if someone was waiting
+                await trio.sleep_forever()
+            renewal = trio.current_time() + lease.renew_every
             try:
                 renewed = await lease.renew()
             except Exception as exc:
@@ -410,7 +425,7 @@ class PluginRunner:
         lease = self.lease
         assert lease is not None
         self._leaving = None
-        released = reason.startswith("paused")
+        released = reason.startswith("paused:")
         if lease.held:
             lease.drop()
         if not released:
@@ -545,7 +560,8 @@ class PluginRunner:
 
     def pause(self) -> None:
         """Stop intake at the next batch boundary; an exclusive plugin also hands
-        its lease to another replica then (and a standby one stops asking)."""
+        its lease to a replica standing by then, if one is (and a standby
+        replica stops asking for it)."""
         self.gate.pause()
         self.metrics.paused.labels(self.name).set(1)
         if self.state in ("running", "standby"):

@@ -107,7 +107,7 @@ class TestTurns:
         assert b.token == 2
         assert b.seen is not None and b.seen.previous == "a"
         # "a" has no token any more; its old one is refused.
-        assert not await store.renew(prefix, 1, 30.0)
+        assert await store.renew(prefix, 1, 30.0) == (False, False)
 
     async def test_expiry_lets_another_take_over(self, store: LeaseStore, prefix: str) -> None:
         a, b = lease(store, prefix, "a", ttl=0.2), lease(store, prefix, "b", ttl=0.2)
@@ -137,6 +137,19 @@ class TestTurns:
         assert await again.acquire()
         assert (first.token, again.token) == (1, 2)
         assert not await first.renew()
+
+    async def test_the_holder_learns_that_a_replica_waits(
+        self, store: LeaseStore, prefix: str,
+    ) -> None:
+        a, b = lease(store, prefix, "a", ttl=1.0), lease(store, prefix, "b", ttl=1.0)
+        assert await a.acquire()
+        assert await a.renew()
+        assert not a.contested
+        assert not await b.acquire()  # asks in vain
+        assert await a.renew()
+        assert a.contested
+        # Nobody asked for a whole ttl: nobody waits any more.
+        await wait_for(lambda: _renewed_uncontested(a), timeout=10)
 
     async def test_racing_replicas_one_wins(self, store: LeaseStore, prefix: str) -> None:
         leases = [lease(store, prefix, f"r{i}") for i in range(6)]
@@ -262,3 +275,8 @@ class TestRedisKeys:
         assert fields[b"holder"] == b"a" and fields[b"token"] == b"1"
         assert redis_client.ttl(RedisLeaseStore.key(prefix)) == -1
         redis_client.delete(RedisLeaseStore.key(prefix))
+
+
+async def _renewed_uncontested(one: Lease) -> bool:
+    assert await one.renew()
+    return not one.contested

@@ -111,7 +111,7 @@ class TestStandby:
             seen = runner.lease.seen
             assert seen is not None and seen.previous == "ghost"
 
-    async def test_pause_hands_the_lease_over(
+    async def test_pause_hands_the_lease_to_a_replica_standing_by(
         self, prefix: str, redis_client: redis.Redis,
     ) -> None:
         config = daemon_config({"probe": probe_section(prefix)})
@@ -127,14 +127,38 @@ class TestStandby:
             assert not holder.lease.held
             holder.resume()
             await wait_for(lambda: holder.state == "standby", describe=holder.status)
-            # A paused standby replica does not take the lease, even when it is free.
+            await wait_for(lambda: other.lease.contested, describe=other.status)
+            # Paused, a replica standing by stops asking; once the holder has
+            # seen nobody ask for a whole ttl, it keeps the lease when paused ...
             holder.pause()
+            await wait_for(lambda: not other.lease.contested, describe=other.status)
             other.pause()
-            await wait_for(lambda: not other.lease.held, describe=other.status)
-            await trio.sleep(0.5)  # time for a standby that asks to take it: none must
-            assert not holder.lease.held and holder.state == "paused"
-            other.resume()
-            await wait_for(lambda: other.state == "running", describe=other.status)
+            renewed = other.lease._confirmed
+            await wait_for(lambda: other.lease._confirmed > renewed, describe=other.status)
+            assert other.lease.held and other.state == "paused"
+            # ... until a replica stands by again: then it hands it over.
+            holder.resume()
+            await wait_for(lambda: holder.state == "running", describe=holder.status)
+            assert not other.lease.held and other.state == "paused"
+
+    async def test_a_lone_paused_holder_keeps_its_lease(
+        self, prefix: str, redis_client: redis.Redis,
+    ) -> None:
+        """Nobody to hand it to: pausing changes nothing but the pause (views,
+        for one, keeps its pub/sub subscription)."""
+        config = daemon_config({"probe": probe_section(prefix)})
+        async with replica(config, [probe_plugin]) as daemon:
+            runner = daemon.runner("probe")
+            await wait_for(lambda: runner.state == "running", describe=runner.status)
+            token, worker = runner.lease.token, runner.worker
+            runner.pause()
+            await wait_for(lambda: worker.parked, describe=runner.status)
+            renewals = runner.lease._confirmed
+            await wait_for(lambda: runner.lease._confirmed > renewals, describe=runner.status)
+            assert (runner.state, runner.lease.token, runner.worker) == ("paused", token, worker)
+            runner.resume()
+            await wait_for(lambda: not worker.parked, describe=runner.status)
+            assert starts(redis_client, prefix) == 1
 
 
 class TestControlPlane:
@@ -251,7 +275,7 @@ class TestFenced:
             try:
                 await db.execute(
                     "UPDATE syncd_leases SET holder = 'thief', token = token + 1, "
-                    "expires_at = (now() AT TIME ZONE 'UTC') + interval '1 second' "
+                    "expires_at = (now() AT TIME ZONE 'UTC') + interval '1 hour' "
                     "WHERE name = %s", (table,))
                 with pytest.raises(syncd.Fenced):
                     await runner.flush()
@@ -265,11 +289,8 @@ class TestFenced:
                 lost = [r for r in caplog.records if "lease lost" in r.getMessage()]
                 assert len(lost) == 1 and "commit fenced" in lost[0].reason  # type: ignore[attr-defined]
                 assert runner.status()["lease"]["holder"] == "thief"
-                # The thief's lease runs out: this replica takes over, with a new token.
-                await wait_for(lambda: runner.state == "running", describe=runner.status)
-                assert runner.lease.token == 3
-                assert (await runner.flush()).items == 1
-                assert value(table) == 2
+                with pytest.raises(NotRunning, match="thief holds its lease"):
+                    await runner.flush()
             finally:
                 await db.aclose()
 

@@ -9,6 +9,8 @@ One row per lease in ``syncd_leases`` (`Database.lease_table`)::
     acquired_at  when ``holder`` took it      } the database's clock, UTC,
     renewed_at   its last renewal             } so replicas whose clocks
     expires_at   when others may take it over } disagree still agree here
+    asked_at     when a replica last asked for it in vain (the holder hands
+                 it over on pause only if one is waiting)
     commits      transactions committed under the current token
 
 Keeping it beside the data makes the fencing check one statement in the
@@ -40,6 +42,8 @@ class LeaseRow:
         expires_in: Seconds until it expires, by the database's clock
             (zero or less: expired, anyone may take it).
         commits: Transactions committed under ``token``.
+        asked_ago: Seconds since another replica last asked for it in vain
+            (None: none ever did).
     """
 
     plugin: str
@@ -48,6 +52,7 @@ class LeaseRow:
     acquired_at: datetime
     expires_in: float
     commits: int
+    asked_ago: float | None = None
 
 
 @attrs.frozen
@@ -78,14 +83,18 @@ def read(tx: Transaction, name: str) -> LeaseRow | None:
     """The lease ``name``, or None if nobody ever took it."""
     db = tx._db
     rows = tx.fetchall(
-        f"SELECT plugin, holder, token, acquired_at, expires_at, {db.now_sql}, commits "
-        f"FROM {db._lease_q} WHERE name = %s", (name,))
+        f"SELECT plugin, holder, token, acquired_at, expires_at, {db.now_sql}, commits, "
+        f"asked_at FROM {db._lease_q} WHERE name = %s", (name,))
     if not rows:
         return None
-    plugin, holder, token, acquired_at, expires_at, now, commits = rows[0]
-    expires_in = (db._timestamp_value(expires_at) - db._timestamp_value(now)).total_seconds()
+    plugin, holder, token, acquired_at, expires_at, now, commits, asked_at = rows[0]
+    now = db._timestamp_value(now)
+    expires_in = (db._timestamp_value(expires_at) - now).total_seconds()
+    asked_ago = None
+    if asked_at is not None:
+        asked_ago = (now - db._timestamp_value(asked_at)).total_seconds()
     return LeaseRow(str(plugin), str(holder), int(token), db._timestamp_value(acquired_at),
-                    expires_in, int(commits))
+                    expires_in, int(commits), asked_ago)
 
 
 def acquire(tx: Transaction, name: str, plugin: str, holder: str, ttl: float) -> Acquired:
@@ -124,25 +133,25 @@ def acquire(tx: Transaction, name: str, plugin: str, holder: str, ttl: float) ->
         if taken == 1:
             return Acquired(True, row, found)
         return Acquired(False, row)
+    # Say that a replica is waiting, so that a holder that is paused hands it over.
+    tx.execute(f"UPDATE {db._lease_q} SET asked_at = {now} WHERE name = %s", (name,))
     return Acquired(False, found)
 
 
-def renew(tx: Transaction, name: str, token: int, ttl: float) -> bool:
-    """Extend the lease by ``ttl`` from now if ``token`` still holds it; False if it does not.
+def renew(tx: Transaction, name: str, token: int, ttl: float) -> LeaseRow | None:
+    """Extend the lease by ``ttl`` from now if ``token`` still holds it; None if it does not.
 
     An expired lease that nobody took is still ours to renew: the token, not
-    the clock, says who may commit.
+    the clock, says who may commit. The row read back says, among others,
+    whether another replica is waiting for it (`LeaseRow.asked_ago`).
     """
     db = tx._db
     until, until_param = db._now_plus_sql(ttl)
-    if tx.execute(
-            f"UPDATE {db._lease_q} SET renewed_at = {db.now_sql}, expires_at = {until} "
-            "WHERE name = %s AND token = %s", (until_param, name, token)) == 1:
-        return True
-    # MySQL counts only changed rows: a renewal within the same microsecond
-    # changes nothing. Ask.
+    tx.execute(f"UPDATE {db._lease_q} SET renewed_at = {db.now_sql}, expires_at = {until} "
+               "WHERE name = %s AND token = %s", (until_param, name, token))
+    # Read back rather than trust the count: MySQL counts only changed rows.
     row = read(tx, name)
-    return row is not None and row.token == token
+    return row if row is not None and row.token == token else None
 
 
 def release(tx: Transaction, name: str, token: int) -> bool:

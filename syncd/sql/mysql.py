@@ -590,7 +590,8 @@ class MySQLDatabase(Database):
             "name VARCHAR(191) NOT NULL PRIMARY KEY, plugin VARCHAR(100) NOT NULL, "
             "holder VARCHAR(100) NOT NULL, token BIGINT NOT NULL, "
             "acquired_at DATETIME(6) NOT NULL, renewed_at DATETIME(6) NOT NULL, "
-            "expires_at DATETIME(6) NOT NULL, commits BIGINT NOT NULL DEFAULT 0"
+            "expires_at DATETIME(6) NOT NULL, asked_at DATETIME(6) NULL, "
+            "commits BIGINT NOT NULL DEFAULT 0"
             ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
         )
 

@@ -329,7 +329,8 @@ class PostgresDatabase(Database):
             "name VARCHAR(191) NOT NULL PRIMARY KEY, plugin VARCHAR(100) NOT NULL, "
             "holder VARCHAR(100) NOT NULL, token BIGINT NOT NULL, "
             "acquired_at TIMESTAMP NOT NULL, renewed_at TIMESTAMP NOT NULL, "
-            "expires_at TIMESTAMP NOT NULL, commits BIGINT NOT NULL DEFAULT 0)"
+            "expires_at TIMESTAMP NOT NULL, asked_at TIMESTAMP NULL, "
+            "commits BIGINT NOT NULL DEFAULT 0)"
         )
 
     def _ensure_ledger(self, conn: Any) -> None:
