@@ -21,6 +21,7 @@ stale token is refused by the database.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -431,6 +432,12 @@ class PluginRunner:
         if not released:
             self.metrics.lease_changes.labels(self.name, "lost").inc()
         self.metrics.lease_held.labels(self.name).set(0)
+        # The holder reports the backlog now: a standby replica's last figures
+        # would only go stale (and mislead an autoscaler reading the gauge).
+        self.backlog = self.lag = None
+        for gauge in (self.metrics.backlog, self.metrics.oldest_pending_age):
+            with contextlib.suppress(KeyError):
+                gauge.remove(self.name)
         self._emit("syncd_worker_stopped", plugin=self.name)
         if released:
             self.log.info(reason, extra={"lease": lease.name})
