@@ -352,9 +352,9 @@ class FencedDatabase:
 
     ``apply_batch`` and ``transaction`` (and the one-statement writes built on
     them) check the worker's `Fence` in the transaction they commit
-    (`Transaction.check_fence`), so plugins need not change to be fenced.
-    Reads, start-up DDL (``setup_once``) and everything else go straight to
-    the database.
+    (`Transaction.check_fence`), so plugins need not change to be fenced;
+    their other options pass through as they are. Reads, start-up DDL
+    (``setup_once``) and everything else go straight to the database.
     """
 
     def __init__(self, db: Database, fence: Fence) -> None:
@@ -368,13 +368,12 @@ class FencedDatabase:
         return f"FencedDatabase({self._db!r}, {self.fence!r})"
 
     async def apply_batch(
-        self, plugin: str, batch_id: str, fn: Callable[[Transaction], T], *,
-        detail: str | None = None,
+        self, plugin: str, batch_id: str, fn: Callable[[Transaction], T], **options: Any,
     ) -> tuple[bool, T | None]:
-        return await self._db.apply_batch(plugin, batch_id, fn, detail=detail, fence=self.fence)
+        return await self._db.apply_batch(plugin, batch_id, fn, fence=self.fence, **options)
 
-    async def transaction(self, fn: Callable[[Transaction], T]) -> T:
-        return await self._db.transaction(fn, fence=self.fence)
+    async def transaction(self, fn: Callable[[Transaction], T], **options: Any) -> Any:
+        return await self._db.transaction(fn, fence=self.fence, **options)
 
     async def execute(self, sql: str, params: Sequence[Any] | None = None) -> int:
         return await self.transaction(lambda tx: tx.execute(sql, params))

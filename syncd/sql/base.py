@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import inspect
 import operator
 import re
@@ -882,15 +883,9 @@ class Database:
         (`Transaction.check_fence`); otherwise it rolls back and `Fenced`
         is raised.
         """
-        if fence is None:
-            return await self._run(fn)
-
-        def fenced(tx: Transaction) -> T:
-            result = fn(tx)
-            tx.check_fence(fence)
-            return result
-
-        return await self._fenced(fence, fenced)
+        if fence is not None:
+            fn = functools.partial(_then_check_fence, fn, fence)
+        return await self._run(fn, fence=fence)
 
     async def apply_batch(
         self,
@@ -936,17 +931,7 @@ class Database:
                 tx.check_fence(fence)
             return True, result
 
-        if fence is None:
-            return await self._run(apply)
-        return await self._fenced(fence, apply)
-
-    async def _fenced(self, fence: Fence, work: Callable[[Transaction], T]) -> T:
-        """Run ``work`` (which checks ``fence``); tell the fence when it was refused."""
-        try:
-            return await self._run(work)
-        except Fenced as exc:
-            fence.refused(exc)
-            raise
+        return await self._run(apply, fence=fence)
 
     async def ledger_entry(self, plugin: str, batch_id: str) -> LedgerEntry | None:
         """The ledger row of a batch, or None if it was never applied."""
@@ -1109,8 +1094,15 @@ class Database:
 
     # -- the thread hop -------------------------------------------------------------
 
-    async def _run(self, work: Callable[[Transaction], T], *, readonly: bool = False) -> T:
-        """One hop to a worker thread that runs ``work`` in one transaction."""
+    async def _run(
+        self, work: Callable[[Transaction], T], *, readonly: bool = False,
+        fence: Fence | None = None,
+    ) -> T:
+        """One hop to a worker thread that runs ``work`` in one transaction.
+
+        ``fence``: the lease ``work`` checks (`Transaction.check_fence`); it is
+        told when the check refused the commit.
+        """
         try:
             return await self._hop(work, readonly)
         except BaseException as exc:
@@ -1119,6 +1111,8 @@ class Database:
             ):
                 with contextlib.suppress(Exception):
                     self.on_error(exc)
+            if fence is not None and isinstance(exc, Fenced):
+                fence.refused(exc)
             raise
 
     async def _hop(self, work: Callable[[Transaction], T], readonly: bool) -> T:
@@ -1309,6 +1303,13 @@ class _Call:
 
 class _CallCancelled(Exception):
     """The caller was cancelled before its thread had a connection."""
+
+
+def _then_check_fence(fn: Callable[[Transaction], T], fence: Fence, tx: Transaction) -> T:
+    """``fn(tx)``, then the fencing check, last in the same transaction."""
+    result = fn(tx)
+    tx.check_fence(fence)
+    return result
 
 
 def _check_ledger_key(what: str, value: str) -> None:
