@@ -192,7 +192,9 @@ def flush(config_path: str | None, plugin: str) -> None:
     """Run one plugin once (recovery, then one flush) and exit.
 
     Useful from cron, or to drain a plugin by hand while the daemon is
-    stopped. Prints what was flushed as JSON.
+    stopped. Prints what was flushed as JSON. An exclusive plugin whose lease
+    a running replica holds is not flushed (exit 1, naming that replica):
+    flush it there, over HTTP.
     """
     from syncd.daemon import Daemon
 
