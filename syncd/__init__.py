@@ -23,6 +23,7 @@ from syncd.deadletter import DeadLetter, push_dead_letters
 from syncd.errors import (
     ConfigError,
     DatabaseUnavailable,
+    Fenced,
     RedisUnavailable,
     RejectedItem,
     SyncdError,
@@ -32,6 +33,7 @@ from syncd.faults import crash_point
 from syncd.gate import PauseGate
 from syncd.hookspecs import hookimpl, hookspec
 from syncd.keys import hash_tag, slot_key
+from syncd.lease import Fence
 from syncd.metrics import PluginMetrics
 from syncd.panel import Action, Panel, Table
 from syncd.plugin import PluginContext, PluginSpec, Route, SyncResult, Worker
@@ -61,6 +63,8 @@ __all__ = [
     "DatabaseUnavailable",
     "DeadLetter",
     "Duration",
+    "Fence",
+    "Fenced",
     "JudgedCounters",
     "NotRequeueable",
     "Panel",

@@ -192,7 +192,9 @@ def flush(config_path: str | None, plugin: str) -> None:
     """Run one plugin once (recovery, then one flush) and exit.
 
     Useful from cron, or to drain a plugin by hand while the daemon is
-    stopped. Prints what was flushed as JSON.
+    stopped. Prints what was flushed as JSON. An exclusive plugin whose lease
+    a running replica holds is not flushed (exit 1, naming that replica):
+    flush it there, over HTTP.
     """
     from syncd.daemon import Daemon
 
@@ -294,16 +296,20 @@ def bench(plugins: tuple[str, ...], databases: tuple[str, ...], items: int, repe
 @click.option("--drain-timeout", type=click.FloatRange(min=1), default=120, show_default=True,
               help="Seconds syncd may take to drain once producers stop.")
 @click.option("--seed", type=int, default=None, help="Seed of the random schedule (replay).")
+@click.option("--replicas", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Daemons side by side (then also SIGSTOP/SIGCONT of one at random).")
 @redis_option
 @out_option
 def chaos(plugins: tuple[str, ...], databases: tuple[str, ...], kills: int, rate: float,
-          duration_cap: float, drain_timeout: float, seed: int | None, redis_url: str | None,
-          out: str) -> None:
+          duration_cap: float, drain_timeout: float, seed: int | None, replicas: int,
+          redis_url: str | None, out: str) -> None:
     """Kill syncd in every way under load, then check every item arrived exactly once.
 
     Producers run at --rate while `syncd serve` is SIGKILLed and restarted,
     its database and Redis connections are killed from the server side, and
-    the plugin is paused and resumed. Then syncd drains, must exit 0 on
+    the plugin is paused and resumed. With --replicas N, N daemons run side by
+    side, each fault hits one at random, and replicas are also frozen
+    (SIGSTOP) and thawed (SIGCONT). Then syncd drains, must exit 0 on
     SIGTERM, and the tally must show nothing lost or doubled. Writes
     <out>/chaos-<UTC timestamp>.md and .json. Exit 1 on any loss or duplicate.
     """
@@ -314,7 +320,7 @@ def chaos(plugins: tuple[str, ...], databases: tuple[str, ...], kills: int, rate
 
     options = ChaosOptions(
         plugins=plugins, databases=databases, kills=kills, rate=rate,
-        duration_cap=duration_cap, drain_timeout=drain_timeout,
+        duration_cap=duration_cap, drain_timeout=drain_timeout, replicas=replicas,
         **({"seed": seed} if seed is not None else {}),
         **({"redis_url": redis_url} if redis_url else {}),
     )

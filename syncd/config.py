@@ -103,6 +103,21 @@ def _at_least_a_day(attribute: attrs.Attribute[Any], value: float) -> None:
         raise ValueError(f"must be at most 36500d, got {value:g}s", attribute)
 
 
+#: A lease lives at least a little over a second (it is renewed every third
+#: of it: a shorter one would change hands on every GC pause or busy
+#: database) and at most an hour (a dead holder blocks its plugin that long).
+LEASE_TTL_RANGE = (1.0, 3600.0)
+#: Longest lease name (the ``name`` column of ``syncd_leases`` is VARCHAR(191)).
+LEASE_NAME_MAX = 191
+
+
+def _check_lease_ttl(attribute: attrs.Attribute[Any] | None, value: float) -> None:
+    low, high = LEASE_TTL_RANGE
+    if not low <= value <= high:
+        raise ValueError(f"must be at least {low:g}s and at most {high:g}s, got {value:g}s",
+                         attribute)
+
+
 @attrs.frozen
 class RedisConfig:
     """Attributes:
@@ -177,6 +192,8 @@ class Config:
         default=Duration(30), validator=_between(0, 86400))
     ledger_retention: Duration = attrs.field(
         default=Duration(30 * 86400), validator=lambda i, a, v: _at_least_a_day(a, v))
+    lease_ttl: Duration = attrs.field(
+        default=Duration(10), validator=lambda i, a, v: _check_lease_ttl(a, v))
     plugins: dict[str, dict[str, Any]] | None = None
 
     def redacted(self) -> dict[str, Any]:
@@ -191,6 +208,7 @@ class Config:
         data["idle_transaction_timeout"] = float(self.idle_transaction_timeout)
         data["restart_backoff_max"] = float(self.restart_backoff_max)
         data["ledger_retention"] = float(self.ledger_retention)
+        data["lease_ttl"] = float(self.lease_ttl)
         return data
 
 
@@ -203,12 +221,21 @@ class PluginSettings:
         enabled: Whether it runs.
         database: Name of the entry in ``databases`` it writes to.
         options: The plugin's own config class instance.
+        exclusive: At most one replica runs it at a time, under a lease
+            (``exclusive``; the plugin declares the default).
+        lease_ttl: Seconds the lease lasts without renewal (``lease_ttl``;
+            None: the daemon's ``lease_ttl``).
+        lease_name: What replicas that share the lease call it
+            (``lease_name``; None: the plugin's own choice, else its name).
     """
 
     name: str
     enabled: bool
     database: str
     options: Any
+    exclusive: bool = False
+    lease_ttl: float | None = None
+    lease_name: str | None = None
 
 
 # -- loading -------------------------------------------------------------------
@@ -291,7 +318,8 @@ def _env_value(raw: str) -> Any:
 
 
 #: ``SYNCD_*`` variables that steer the program rather than set config keys.
-_NOT_CONFIG_ENV = {"config", "disable_plugin_autoload", "crash_at", "crash_after"}
+_NOT_CONFIG_ENV = {"config", "disable_plugin_autoload", "crash_at", "crash_after", "stop_at",
+                   "stop_after"}
 
 
 def _deepcopy(data: Any) -> Any:
@@ -376,14 +404,39 @@ def resolve_plugins(
         enabled = _structure_value(bool, raw.pop("enabled", True), f"{key}.enabled")
         database = _structure_value(str, raw.pop("database", "default"), f"{key}.database")
         spec = specs[name]
+        exclusive = _structure_value(
+            bool, raw.pop("exclusive", getattr(spec, "exclusive", False)), f"{key}.exclusive")
+        lease_ttl = _lease_ttl(raw.pop("lease_ttl", None), f"{key}.lease_ttl")
+        lease_name = _lease_name(raw.pop("lease_name", None), f"{key}.lease_name")
         if enabled and spec.uses_database and database not in config.databases:
             raise ConfigError(
                 f"{key}.database",
                 f"no database named {database!r} (configured: {', '.join(config.databases)})",
             )
         options = structure(spec.config, raw, key)
-        settings[name] = PluginSettings(name, enabled, database, options)
+        settings[name] = PluginSettings(name, enabled, database, options, exclusive,
+                                        lease_ttl, lease_name)
     return settings
+
+
+def _lease_ttl(value: Any, path: str) -> float | None:
+    if value is None:
+        return None
+    ttl = _structure_value(Duration, value, path)
+    try:
+        _check_lease_ttl(None, ttl)
+    except ValueError as exc:
+        raise ConfigError(path, str(exc.args[0])) from None
+    return float(ttl)
+
+
+def _lease_name(value: Any, path: str) -> str | None:
+    if value is None:
+        return None
+    name = _structure_value(str, value, path)
+    if not 0 < len(name) <= LEASE_NAME_MAX:
+        raise ConfigError(path, f"must be 1 to {LEASE_NAME_MAX} characters long")
+    return name
 
 
 def split_listen(listen: str) -> tuple[str, int]:

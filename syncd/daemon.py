@@ -28,20 +28,21 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import pluggy
 import trio
 import trio_asyncio
 
-from syncd.config import Config, PluginSettings, resolve_plugins
+from syncd.config import LEASE_NAME_MAX, Config, PluginSettings, resolve_plugins
 from syncd.errors import ConfigError, TransientError
+from syncd.lease import FencedDatabase, Lease, LeaseStore, RedisLeaseStore, SQLLeaseStore
 from syncd.logs import get_logger, plugin_logger
 from syncd.manager import Discovered, discover
 from syncd.metrics import Metrics
 from syncd.observer import Observer
-from syncd.plugin import PluginContext
+from syncd.plugin import PluginContext, PluginSpec
 from syncd.quarantine import Quarantine
 from syncd.redact import mask_url
 from syncd.redis import RedisHandle
@@ -148,6 +149,7 @@ class Daemon:
                 backoff_max=float(self.config.restart_backoff_max),
                 shutdown_grace=float(self.config.shutdown_grace),
                 package=found.package, version=found.version,
+                lease=self._lease(found.spec, settings) if settings.exclusive else None,
             )
         self.supervisor = Supervisor(runners)
         self.quarantines = {
@@ -160,13 +162,41 @@ class Daemon:
     def runners(self) -> Mapping[str, PluginRunner]:
         return self.supervisor.runners
 
+    def _lease(self, spec: PluginSpec, settings: PluginSettings) -> Lease:
+        """The lease of an exclusive plugin: in its database, else in Redis.
+
+        Named ``lease_name`` from the config, else as the plugin names it from
+        its config (the data its replicas share), else after the plugin.
+        """
+        name = settings.lease_name
+        if name is None and spec.lease_name is not None:
+            name = spec.lease_name(settings.options)
+        name = name or spec.name
+        if len(name) > LEASE_NAME_MAX:
+            raise ConfigError(f"plugins.{spec.name}.lease_name",
+                              f"set one of at most {LEASE_NAME_MAX} characters (the plugin "
+                              f"names its lease {name[:40]!r}..., which is longer)")
+        store: LeaseStore
+        if spec.uses_database:
+            store = SQLLeaseStore(self.databases[settings.database])
+        else:
+            store = RedisLeaseStore(self.redis)
+        ttl = settings.lease_ttl if settings.lease_ttl is not None else self.config.lease_ttl
+        return Lease(store, name, spec.name, self.config.instance, float(ttl))
+
     def _context(self, runner: PluginRunner) -> PluginContext:
         settings = runner.settings
+        database: Database | None = None
+        if runner.spec.uses_database:
+            database = self.databases[settings.database]
+            if runner.fence is not None:
+                # Every commit of an exclusive plugin checks its fencing token.
+                database = cast(Database, FencedDatabase(database, runner.fence))
         return PluginContext(
             name=runner.name,
             config=settings.options,
             redis=self.redis,
-            database=self.databases[settings.database] if runner.spec.uses_database else None,
+            database=database,
             metrics=self.metrics.for_plugin(runner.name),
             log=plugin_logger(runner.name),
             gate=runner.gate,
@@ -175,6 +205,7 @@ class Daemon:
             hook=self.pm.hook,
             stop_deadline=runner.stop_deadline,
             report_error=runner.report_error,
+            fence=runner.fence,
         )
 
     # -- running -------------------------------------------------------------------------

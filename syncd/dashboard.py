@@ -54,6 +54,7 @@ main { padding: 1rem; max-width: 1400px; margin: 0 auto; }
 .state.running { color: var(--ok); background: #e6f4ea; }
 .state.paused { color: var(--warn); background: #fef3e0; }
 .state.failed { color: var(--bad); background: #fce8e6; }
+.state.standby { color: var(--muted); background: #eef3fb; }
 .rate { display: flex; align-items: center; gap: .75rem; margin: .5rem 0; }
 .rate .now { font-size: 1.5rem; font-weight: 600; font-variant-numeric: tabular-nums; }
 .rate .unit { color: var(--muted); font-size: .8rem; }
@@ -239,6 +240,13 @@ function sparkCaption(throughput) {
   return "last " + minutes + " min, peak " + rate(Math.max(...history)) + "/s";
 }
 
+function leaseText(lease) {
+  // An exclusive plugin: this replica holds its lease, or who does.
+  if (lease.held) return "held here, token " + lease.token + " since " + when(lease.since);
+  if (!lease.holder) return "free (standing by)";
+  return lease.holder + " holds it, token " + lease.token + " since " + when(lease.since);
+}
+
 function card(p) {
   const name = p.name;
   const dead = p.dead_letters;
@@ -260,6 +268,7 @@ function card(p) {
     ["last success", when(p.last_success)],
     ["last error", error],
   ];
+  if (p.lease) rows.splice(5, 0, ["lease", leaseText(p.lease)]);
   const dl = el("dl");
   for (const [term, value] of rows) {
     dl.appendChild(el("dt", {}, term));

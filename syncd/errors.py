@@ -4,6 +4,8 @@ They are few so that callers can tell the three situations that matter apart:
 the operator wrote something wrong (ConfigError, fail fast, exit 2), a
 backend is away for a while (TransientError, back off and retry, nothing is
 lost), or a single item is bad (RejectedItem, quarantine it and go on).
+`Fenced` is a transient error with a meaning of its own: this replica lost
+its lease, so the plugin stands by here while another replica runs it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ class RedisUnavailable(TransientError):
 
 class DatabaseUnavailable(TransientError):
     """A SQL database did not answer (connection refused, lost or timed out)."""
+
+
+class Fenced(TransientError):
+    """A commit was refused: the plugin's lease has passed to another replica.
+
+    Raised from the transaction that carried a stale fencing token, after it
+    rolled back: nothing of it was applied. A `TransientError`, so that code
+    which already treats those as "leave the item in Redis, do not
+    quarantine it" does the right thing; the supervisor recognises it and
+    puts the plugin on standby instead of restarting it.
+    """
 
 
 class RejectedItem(SyncdError):

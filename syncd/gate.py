@@ -16,6 +16,8 @@ class PauseGate:
     """
 
     _open: trio.Event = attrs.field(factory=trio.Event)
+    #: Set while paused, for `wait_paused`.
+    _closed: trio.Event = attrs.field(factory=trio.Event)
     paused: bool = False
 
     def __attrs_post_init__(self) -> None:
@@ -25,11 +27,19 @@ class PauseGate:
         if not self.paused:
             self.paused = True
             self._open = trio.Event()
+            self._closed.set()
 
     def resume(self) -> None:
         if self.paused:
             self.paused = False
+            self._closed = trio.Event()
             self._open.set()
+
+    async def wait_paused(self) -> None:
+        """Return once paused (at once if paused now): for whoever must act on a
+        pause rather than only wait it out, such as a lease holder handing over."""
+        while not self.paused:
+            await self._closed.wait()
 
     async def wait(self) -> None:
         """Return at once when open; otherwise wait for resume."""

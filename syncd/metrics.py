@@ -25,7 +25,7 @@ from prometheus_client import (
 from prometheus_client.metrics import MetricWrapperBase
 
 #: Plugin states, exported as a one-hot ``syncd_plugin_state`` gauge.
-STATES = ("starting", "running", "paused", "failed", "stopping", "stopped")
+STATES = ("starting", "running", "standby", "paused", "failed", "stopping", "stopped")
 
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -78,6 +78,18 @@ class Metrics:
             "syncd_dead_letter_oldest_age_seconds",
             "Age of the oldest dead letter waiting (0 when there is none).", ["plugin"],
             registry=r)
+        # Exclusive plugins (syncd.lease).
+        self.lease_changes = Counter(
+            "syncd_lease_changes",
+            "Times this replica took (acquired), lost (lost) or handed back (released) "
+            "a plugin's lease.", ["plugin", "change"], registry=r)
+        self.lease_held = Gauge(
+            "syncd_lease_held", "1 while this replica holds the plugin's lease.", ["plugin"],
+            registry=r)
+        self.fenced_commits = Counter(
+            "syncd_fenced_commits",
+            "Commits the database refused because the plugin's lease had passed to "
+            "another replica.", ["plugin"], registry=r)
         # Names promised by the votes seed.
         self.redis_errors = Counter(
             "redis_errors", "Redis connection errors.", registry=r)

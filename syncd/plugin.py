@@ -18,6 +18,7 @@ import trio
 
 if TYPE_CHECKING:
     from syncd.gate import PauseGate
+    from syncd.lease import Fence
     from syncd.metrics import PluginMetrics
     from syncd.redis import RedisHandle
     from syncd.sql import Database
@@ -106,6 +107,15 @@ class PluginSpec:
         create: Called with the context; returns the `Worker` to supervise.
         description: One line for ``syncd plugins``.
         uses_database: False for plugins that write nowhere in SQL.
+        exclusive: Whether, by default, at most one replica runs the plugin
+            at a time, under a lease (the config's ``exclusive`` overrides
+            it). Counter plugins declare it: their replicas share the
+            in-flight snapshots, and would only redo each other's work.
+        lease_name: From the plugin's config, the name its replicas share
+            the lease under: what identifies the Redis data they take turns
+            on (e.g. the in-flight namespace), so that two deployments
+            writing to one database do not block each other. None: the
+            plugin's name. The config's ``lease_name`` overrides it.
     """
 
     name: str
@@ -113,6 +123,8 @@ class PluginSpec:
     create: Callable[[PluginContext], Worker]
     description: str = ""
     uses_database: bool = True
+    exclusive: bool = False
+    lease_name: Callable[[Any], str] | None = None
 
 
 @attrs.frozen
@@ -160,6 +172,12 @@ class PluginContext:
             it is counted, shown as the plugin's last error and reaches
             ``sync_error`` listeners. Errors that escape ``run`` or
             ``flush`` are reported by the core.
+        fence: For an exclusive plugin, the lease this worker runs under:
+            its name and fencing token. ``database`` then already checks
+            the token in every transaction it commits (`syncd.Fenced` if
+            the lease has passed to another replica); a plugin writing to
+            another sink that understands fencing tokens can pass it on.
+            None for a plugin that is not exclusive.
     """
 
     name: str
@@ -174,3 +192,4 @@ class PluginContext:
     hook: Any = None
     stop_deadline: Callable[[], float] | None = None
     report_error: Callable[[BaseException], None] = lambda error: None
+    fence: Fence | None = None

@@ -5,22 +5,36 @@ A crash in one plugin is logged with its traceback, marks that plugin
 backoff; the other plugins never notice. Shutdown cancels every intake scope
 first, then gives each plugin one final ``flush()`` in a shielded scope under
 the shared grace deadline: whatever does not make it stays safely in Redis.
+
+An exclusive plugin (`syncd.lease`) runs only while this replica holds its
+lease; otherwise it is on ``standby`` (ready, not failed), asking again as
+the lease is due to expire. Each time the lease is taken, the worker is
+built afresh, under a `Fence` carrying the new token, and runs in a cancel
+scope of its own (an *epoch*) beside a task that renews the lease. The
+epoch ends, and the plugin goes back to standby, when a renewal finds the
+lease gone, when the lease could not be renewed for a whole ttl, when a
+commit is fenced, or when the plugin is paused while another replica waits
+for the lease (it then hands the lease over). A flush in flight is let
+finish first, so a replica stops between batches; one that commits under a
+stale token is refused by the database.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import pluggy
 import trio
 
 from syncd.config import PluginSettings
-from syncd.errors import DatabaseUnavailable, RedisUnavailable, TransientError
+from syncd.errors import DatabaseUnavailable, Fenced, RedisUnavailable, TransientError
 from syncd.gate import PauseGate
+from syncd.lease import Fence, Lease
 from syncd.logs import get_logger, plugin_logger
 from syncd.metrics import Metrics
 from syncd.plugin import PluginContext, PluginSpec, SyncResult, Worker
@@ -28,6 +42,8 @@ from syncd.quarantine import Stats
 from syncd.throughput import SAMPLE_EVERY, Throughput
 
 log = get_logger("supervisor")
+
+E = TypeVar("E", bound=BaseException)
 
 BACKOFF_INITIAL = 0.5
 BACKLOG_POLL = 5.0
@@ -63,6 +79,23 @@ def _crash_of(exc: BaseException) -> BaseException | None:
     return None
 
 
+def find_error(exc: BaseException, kind: type[E]) -> E | None:
+    """The first ``kind`` in ``exc`` or, depth first, in its groups and causes."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return current
+        stack.extend(reversed(getattr(current, "exceptions", ())))
+        if current.__cause__ is not None:
+            stack.append(current.__cause__)
+    return None
+
+
 def unwrap(exc: BaseException) -> BaseException:
     """The one interesting exception inside nested single-member groups."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -81,6 +114,9 @@ class PluginRunner:
         hook: The plugin manager's hook relay, for lifecycle events.
         metrics: The daemon's metrics.
         backoff_max: Upper bound of the restart delay, in seconds.
+        lease: For an exclusive plugin, this replica's side of its lease.
+        fence: The fence the next (or current) worker is built with, for
+            `make_context` (exclusive plugins only).
     """
 
     spec: PluginSpec
@@ -92,7 +128,9 @@ class PluginRunner:
     shutdown_grace: float = 30.0
     package: str = "-"
     version: str = "-"
+    lease: Lease | None = None
 
+    fence: Fence | None = None
     gate: PauseGate = attrs.Factory(PauseGate)
     state: str = "starting"
     worker: Worker | None = None
@@ -103,6 +141,8 @@ class PluginRunner:
     batches: int = 0
     dead_lettered: int = 0
     restarts: int = 0
+    #: Commits the database refused under a stale fencing token.
+    fenced_commits: int = 0
     backlog: int | None = None
     #: Age in seconds of the oldest item waiting, from the worker's optional ``lag()``.
     lag: float | None = None
@@ -116,12 +156,21 @@ class PluginRunner:
     _started: bool = False
     _flush_deadline: float = math.inf
     _backoff: float = BACKOFF_INITIAL
+    #: The cancel scope of the worker running under the lease held now.
+    _epoch: trio.CancelScope | None = None
+    #: Why the epoch is ending (the lease lost, fenced, handed back), once it is.
+    _leaving: str | None = None
     log: Any = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.log = plugin_logger(self.name)
         self.metrics.set_state(self.name, self.state)
         self.metrics.paused.labels(self.name).set(0)
+        if self.lease is not None:
+            self.metrics.lease_held.labels(self.name).set(0)
+            self.metrics.fenced_commits.labels(self.name)
+            for change in ("acquired", "lost", "released"):
+                self.metrics.lease_changes.labels(self.name, change)
 
     @property
     def name(self) -> str:
@@ -139,6 +188,9 @@ class PluginRunner:
         """
         if self.worker is not None:
             return
+        if self.lease is not None:
+            # Its token comes when the lease does (see `_lease_taken`).
+            self.fence = self._new_fence(None)
         try:
             self.worker = self._prepared = self.spec.create(self.make_context(self))
         except Exception:
@@ -187,9 +239,14 @@ class PluginRunner:
 
     async def _supervise(self, task_status: trio.TaskStatus[None]) -> None:
         while True:
+            if self.lease is not None:
+                await self._take_lease(task_status)
             try:
                 async with trio.open_nursery() as nursery:
+                    self._epoch = nursery.cancel_scope
                     self._set_state("starting")
+                    if self.lease is not None:
+                        nursery.start_soon(self._keep_lease)
                     prepared, self._prepared = self._prepared, None
                     self.worker = prepared or self.spec.create(self.make_context(self))
                     await nursery.start(self.worker.run)
@@ -197,9 +254,7 @@ class PluginRunner:
                     self.log.info("worker started", extra={"restarts": self.restarts})
                     self._emit("syncd_worker_started", plugin=self.name,
                                config=self.settings.options)
-                    if not self._started:
-                        self._started = True
-                        task_status.started()
+                    self._mark_started(task_status)
                     if self.worker.interval:
                         nursery.start_soon(self._timer, self.worker.interval)
                     if callable(getattr(self.worker, "backlog", None)):
@@ -210,25 +265,194 @@ class PluginRunner:
                 error = _crash_of(exc)
                 if error is None:
                     raise  # only cancellation: we are being stopped
+                if self._leaving is not None or find_error(exc, Fenced) is not None:
+                    # Not a crash: the lease is gone (a commit was fenced while
+                    # it ended, or the worker failed on the way out).
+                    self._stand_down(self._leaving or f"commit fenced: {find_error(exc, Fenced)}")
+                    continue
                 self._record_error(error, crashed=True)
                 if self._intake.cancel_called:
                     # Crashed while being stopped (a backend error racing the
                     # cancel): no restart, go on to the final flush.
                     return
                 self._emit("syncd_worker_stopped", plugin=self.name)
-                if not self._started:
-                    self._started = True
-                    task_status.started()
+                self._mark_started(task_status)
                 delay, self._backoff = self._backoff, min(self._backoff * 2, self.backoff_max)
                 self.restarts += 1
                 self.metrics.restarts.labels(self.name).inc()
                 self.log.info("restarting worker", extra={"in_seconds": round(delay, 3)})
+                # A holder does not renew its lease meanwhile: a replica that
+                # keeps failing lets another take over once the lease expires.
                 await trio.sleep(delay)
             else:
+                if self._leaving is not None:
+                    self._stand_down(self._leaving)
+                    continue
                 # A worker whose run() returned and has no timer is done; park
                 # until shutdown so the status stays truthful.
                 self._emit("syncd_worker_stopped", plugin=self.name)
                 await trio.sleep_forever()
+
+    def _mark_started(self, task_status: trio.TaskStatus[None]) -> None:
+        if not self._started:
+            self._started = True
+            task_status.started()
+
+    # -- the lease (exclusive plugins) -------------------------------------------------
+
+    def _new_fence(self, token: int | None) -> Fence:
+        assert self.lease is not None
+        fence = Fence(self.lease.name, token)
+        fence.on_refused = lambda exc: self._refused(fence, exc)
+        return fence
+
+    async def _take_lease(self, task_status: trio.TaskStatus[None]) -> None:
+        """Stand by until this replica holds the lease; then fence the next worker.
+
+        A replica that is paused does not ask. One that cannot ask (the
+        database is away) is ``failed`` and asks again with the restart backoff.
+        """
+        lease = self.lease
+        assert lease is not None
+        while True:
+            if self.gate.paused:
+                self._set_state("paused")
+                await self.gate.wait()
+            try:
+                held = await lease.acquire()
+            except Exception as exc:
+                self._record_error(unwrap(exc), crashed=True)
+                self._mark_started(task_status)
+                delay, self._backoff = self._backoff, min(self._backoff * 2, self.backoff_max)
+                await trio.sleep(delay)
+                continue
+            if held:
+                self._lease_taken()
+                return
+            if self.state != "standby" and not self.gate.paused:
+                seen = lease.seen
+                self._set_state("standby")
+                self.log.info("standing by: another replica holds the lease", extra={
+                    "lease": lease.name, "holder": seen.holder if seen else None,
+                    "token": seen.token if seen else None})
+            self._mark_started(task_status)
+            await trio.sleep(lease.standby_delay())
+
+    def _lease_taken(self) -> None:
+        lease = self.lease
+        assert lease is not None and lease.token is not None
+        self._leaving = None
+        if self._prepared is not None and self.fence is not None and self.fence.token is None:
+            self.fence.token = lease.token  # the worker built at start-up runs first
+        else:
+            self.fence = self._new_fence(lease.token)
+        self.metrics.lease_changes.labels(self.name, "acquired").inc()
+        self.metrics.lease_held.labels(self.name).set(1)
+        previous = lease.seen.previous if lease.seen is not None else None
+        self.log.info("lease acquired", extra={
+            "lease": lease.name, "token": lease.token,
+            "previous": previous if previous and previous != lease.holder else "-"})
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease every third of its ttl until it is lost or handed over.
+
+        Paused, the holder hands the lease over to a replica standing by (one
+        asked for it within a ttl), after the batch in flight. With nobody
+        waiting it keeps the lease, so that a lone daemon paused changes
+        nothing but the pause itself (views keeps its pub/sub subscription),
+        and hands it over at the first renewal that finds a replica waiting.
+        """
+        lease = self.lease
+        assert lease is not None
+        renewal = trio.current_time() + lease.renew_every
+        while True:
+            if self.gate.paused and lease.contested:
+                await self._leave("paused: lease handed to a replica standing by",
+                                  release=True)
+                return
+            with trio.move_on_at(renewal):
+                if not self.gate.paused:
+                    await self.gate.wait_paused()
+                    continue  # paused now: hand over if someone was waiting
+                await trio.sleep_forever()
+            renewal = trio.current_time() + lease.renew_every
+            try:
+                renewed = await lease.renew()
+            except Exception as exc:
+                if lease.overdue:
+                    await self._leave(f"lease not renewed for {lease.ttl:g}s "
+                                      f"({unwrap(exc)})", release=False)
+                    return
+                self.log.warning("lease not renewed; trying again",
+                                 extra={"lease": lease.name, "error": str(unwrap(exc))})
+                continue
+            if not renewed:
+                await self._leave("lease taken over by another replica", release=False)
+                return
+
+    async def _leave(self, reason: str, *, release: bool) -> None:
+        """End the epoch between batches: a flush in flight finishes (or is fenced) first."""
+        lease = self.lease
+        assert lease is not None and self._epoch is not None
+        if self._leaving is None:
+            self._leaving = reason
+        with trio.move_on_after(lease.ttl):
+            async with self._flush_lock:
+                if release:
+                    await self._release_lease()
+        lease.drop()
+        self._epoch.cancel()
+
+    async def _release_lease(self) -> None:
+        """Hand the lease back, so a standby replica need not wait for it to expire."""
+        lease = self.lease
+        assert lease is not None
+        if not lease.held:
+            return
+        try:
+            with trio.move_on_after(lease.ttl):
+                await lease.release()
+        except Exception as exc:  # it expires by itself
+            self.log.warning("lease not handed back", extra={"error": str(unwrap(exc))})
+        lease.drop()
+        self.metrics.lease_changes.labels(self.name, "released").inc()
+
+    def _refused(self, fence: Fence, exc: Fenced) -> None:
+        """The database refused a commit under ``fence``: the lease has passed on."""
+        self.fenced_commits += 1
+        self.metrics.fenced_commits.labels(self.name).inc()
+        if fence is not self.fence or self._epoch is None:
+            return  # a worker of an epoch that is over already
+        # The most telling reason, whatever else noticed the loss first.
+        self._leaving = f"commit fenced: {exc}"
+        if self.lease is not None:
+            self.lease.drop()
+        self._epoch.cancel()
+
+    def _stand_down(self, reason: str) -> None:
+        """The epoch is over: say why, once, and stand by."""
+        lease = self.lease
+        assert lease is not None
+        self._leaving = None
+        released = reason.startswith("paused:")
+        if lease.held:
+            lease.drop()
+        if not released:
+            self.metrics.lease_changes.labels(self.name, "lost").inc()
+        self.metrics.lease_held.labels(self.name).set(0)
+        # The holder reports the backlog now: a standby replica's last figures
+        # would only go stale (and mislead an autoscaler reading the gauge).
+        self.backlog = self.lag = None
+        for gauge in (self.metrics.backlog, self.metrics.oldest_pending_age):
+            with contextlib.suppress(KeyError):
+                gauge.remove(self.name)
+        self._emit("syncd_worker_stopped", plugin=self.name)
+        if released:
+            self.log.info(reason, extra={"lease": lease.name})
+        else:
+            self.log.warning("lease lost; standing by", extra={
+                "lease": lease.name, "reason": reason})
+        self._set_state("paused" if self.gate.paused else "standby")
 
     async def _timer(self, interval: float) -> None:
         while True:
@@ -262,6 +486,36 @@ class PluginRunner:
     async def _final_flush(self) -> None:
         if self.worker is None:
             return
+        lease = self.lease
+        if lease is not None:
+            if not lease.held:
+                return  # standing by: the holder flushes
+            # Renewed meanwhile (a final flush may outlast the ttl), then handed
+            # back at once, so another replica takes over without waiting for it
+            # to expire.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._renew_until_cancelled)
+                try:
+                    await self._flush_at_exit()
+                finally:
+                    nursery.cancel_scope.cancel()
+            await self._release_lease()
+            self.metrics.lease_held.labels(self.name).set(0)
+            return
+        await self._flush_at_exit()
+
+    async def _renew_until_cancelled(self) -> None:
+        lease = self.lease
+        assert lease is not None
+        while lease.held:
+            await trio.sleep(lease.renew_every)
+            try:
+                await lease.renew()
+            except Exception as exc:  # the flush's own commits will say if it is gone
+                self.log.warning("lease not renewed during the final flush",
+                                 extra={"error": str(unwrap(exc))})
+
+    async def _flush_at_exit(self) -> None:
         if self.gate.paused:
             # The operator paused this plugin (often: its database is under
             # maintenance); draining into it now would undo that. Nothing is
@@ -287,11 +541,18 @@ class PluginRunner:
         worker = self.worker
         if worker is None or (self.state in ("starting", "failed", "stopped") and not final):
             raise NotRunning(f"plugin {self.name} is {self.state}")
+        lease = self.lease
+        if lease is not None and not lease.held:
+            seen = lease.seen
+            holder = f": {seen.holder} holds its lease" if seen and seen.holder else ""
+            raise NotRunning(f"plugin {self.name} is on standby on this replica{holder}")
         async with self._flush_lock:
             started = time.perf_counter()
             try:
                 result = await worker.flush()
             except Exception as exc:
+                if find_error(exc, Fenced) is not None:
+                    raise  # not a failure of the plugin: see _refused
                 self._record_error(unwrap(exc), crashed=False)
                 if raise_errors:
                     raise
@@ -305,7 +566,7 @@ class PluginRunner:
         is judged by its state instead."""
         worker = self.worker
         check = getattr(worker, "not_ready", None)
-        if not callable(check) or self.state in ("starting", "failed", "stopped"):
+        if not callable(check) or self.state in ("starting", "failed", "stopped", "standby"):
             return None
         try:
             return check()
@@ -313,9 +574,12 @@ class PluginRunner:
             return f"readiness check failed: {exc}"
 
     def pause(self) -> None:
+        """Stop intake at the next batch boundary; an exclusive plugin also hands
+        its lease to a replica standing by then, if one is (and a standby
+        replica stops asking for it)."""
         self.gate.pause()
         self.metrics.paused.labels(self.name).set(1)
-        if self.state == "running":
+        if self.state in ("running", "standby"):
             self._set_state("paused")
         self.log.info("paused")
 
@@ -323,7 +587,8 @@ class PluginRunner:
         self.gate.resume()
         self.metrics.paused.labels(self.name).set(0)
         if self.state == "paused":
-            self._set_state("running")
+            holding = self.lease is None or self.lease.held
+            self._set_state("running" if holding else "standby")
         self.log.info("resumed")
 
     # -- reporting -------------------------------------------------------------------
@@ -434,6 +699,9 @@ class PluginRunner:
                 "history": self.throughput.rates(),
             },
             "restarts": self.restarts,
+            "exclusive": self.lease is not None,
+            "lease": self.lease.status() if self.lease is not None else None,
+            "fenced_commits": self.fenced_commits,
             "package": self.package,
             "version": self.version,
             "detail": detail,

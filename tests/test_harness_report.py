@@ -113,7 +113,7 @@ class TestChaosRow:
                        faults={"sigkill": 20, "db_kill": 3, "redis_kill": 4, "pause": 5})
         assert row.ok
         cells = chaos_table([row])[0]
-        assert cells[:6] == ["votes", "pg", "20", "3", "4", "5"]
+        assert cells[:8] == ["votes", "pg", "1", "20", "-", "3", "4", "5"]
         assert cells[-1] == "ok"
         assert len(cells) == len(CHAOS_HEADERS)
 

@@ -3,9 +3,12 @@
 The full run is ``syncd chaos`` (20 kills per plugin x database); this one
 keeps the same machinery but few kills and a low rate, so that every plugin
 that ships a workload is proven on every CI run in well under a minute.
-The harness's own probe plugin runs too, on both databases, so a failure
-here can be told apart: the probe failing means the harness (or the core)
-is wrong; only a real plugin failing points at that plugin.
+Each runs as three replicas side by side (``--replicas 3``: the kills,
+freezes and connection kills hit one at random), so leases, fencing and the
+reclaim of a dead replica's batches are exercised too. The harness's own
+probe plugin runs as one daemon, on both databases, so a failure here can
+be told apart: the probe failing means the harness (or the core) is wrong;
+only a real plugin failing points at that plugin.
 """
 
 from __future__ import annotations
@@ -79,11 +82,12 @@ class TestChaosSmoke:
             database = home_database(subject.workload)
             lines: list[str] = []
             rows = await run_chaos(
-                ChaosOptions(plugins=(subject.plugin,), databases=(database,), **smoke()),
+                ChaosOptions(plugins=(subject.plugin,), databases=(database,), replicas=3,
+                             **smoke()),
                 progress=lines.append, environ=child_environ(site))
             print(*lines, sep="\n")
             failures += [(row.as_dict(), lines) for row in rows if not row.ok]
-            assert all(row.faults["sigkill"] == 3 for row in rows)
+            assert all(row.faults["sigkill"] == 3 and row.replicas == 3 for row in rows)
         assert not failures
 
 

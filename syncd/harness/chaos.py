@@ -10,6 +10,15 @@ the harness, at random moments, does what production does to a daemon:
 - kills syncd's Redis connections (``CLIENT KILL``);
 - pauses the plugin over HTTP and resumes it.
 
+With ``--replicas N`` (N > 1), N daemons run side by side against the same
+Redis and database, each its own ``instance``, as on N hosts; every fault
+picks a replica at random, and one more joins them: a replica is frozen
+with SIGSTOP for up to twice the lease ttl and thawed with SIGCONT (its
+lease, if it held one, passes to another meanwhile, and what it does on
+waking is fenced; a queue replica's batch is reclaimed once its heartbeat
+runs out). The lease ttl and the servers' idle-in-transaction timeout are
+short in the replicas' config, so that takeovers happen during the run.
+
 Only syncd's own connections are killed: they are recognised by the local
 port of each TCP socket the syncd process holds (read from ``/proc``), which
 the servers report as the client's port. The harness's own connections live
@@ -34,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -53,6 +62,7 @@ from syncd.harness.env import (
     runs,
 )
 from syncd.harness.report import ChaosRow
+from syncd.manager import discover, get_plugin_manager
 from syncd.supervisor import unwrap
 from syncd.workload import Workload, WorkloadEnv
 
@@ -66,6 +76,10 @@ STATUS_EVERY = 2.0
 START_TIMEOUT = 60.0
 #: Shutdown grace written into syncd's config; SIGTERM waits this plus a margin.
 GRACE = 20.0
+#: With replicas: the exclusive plugins' lease, and how long a frozen replica's
+#: open transaction may hold its locks before the server ends it.
+REPLICA_LEASE_TTL = 2.0
+REPLICA_IDLE_TRANSACTION_TIMEOUT = 3.0
 
 
 @attrs.frozen
@@ -83,6 +97,7 @@ class ChaosOptions:
         seed: Seed of the random schedule (recorded, so a run can be replayed).
         life: Range of seconds a syncd process lives before its SIGKILL.
         redis_url: The Redis everything runs on.
+        replicas: Daemons running side by side (each fault picks one).
     """
 
     plugins: tuple[str, ...] = ()
@@ -94,10 +109,11 @@ class ChaosOptions:
     seed: int = attrs.Factory(lambda: random.randrange(1 << 31))
     life: tuple[float, float] = (0.5, 2.0)
     redis_url: str = REDIS_URL
+    replicas: int = attrs.field(default=1, validator=attrs.validators.ge(1))
 
     def meta(self) -> dict[str, Any]:
         return {"kills": self.kills, "rate": self.rate, "seed": self.seed,
-                "duration_cap": self.duration_cap}
+                "duration_cap": self.duration_cap, "replicas": self.replicas}
 
 
 async def run_chaos(
@@ -112,13 +128,26 @@ async def run_chaos(
     ``environ`` is the subprocess's environment (default: ours, minus the
     ``SYNCD_*`` variables that would change its config or its plugins).
     """
+    pm = pm or get_plugin_manager()
+    specs = {name: found.spec for name, found in discover(pm).items()}
     rows = []
     for subject, target in runs(pm, options.plugins, options.databases,
                                 stem="chaos", progress=progress):
         rng = random.Random(f"{options.seed}:{subject.label}:{target.name}")
-        run = ChaosRun(subject, target, options, rng, progress, _child_env(environ))
+        run = ChaosRun(subject, target, options, rng, progress, _child_env(environ),
+                       replica_options(specs[subject.plugin].config, options.replicas))
         rows.append(await run.run())
     return rows
+
+
+def replica_options(config_class: type, replicas: int) -> dict[str, Any]:
+    """Plugin options for a run with replicas: a queue plugin's ``heartbeat_ttl``
+    (if its config has one) as short as the lease, so that the batches of a
+    replica killed or frozen for long are reclaimed by another during the run."""
+    if replicas > 1 and attrs.has(config_class) and (
+            "heartbeat_ttl" in attrs.fields_dict(config_class)):
+        return {"heartbeat_ttl": f"{REPLICA_LEASE_TTL:g}s"}
+    return {}
 
 
 def _child_env(environ: Mapping[str, str] | None) -> dict[str, str]:
@@ -206,12 +235,30 @@ class SyncdProcess:
             self.process.send_signal(signal.SIGKILL)
             await self.process.wait()
 
+    def freeze(self) -> None:
+        """SIGSTOP: every thread stops where it is, as in a long GC pause or a VM
+        migration; its connections stay open and its locks held."""
+        if self.running and self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: it carries on from where it stopped, unaware of the time gone."""
+        if self.running and self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the process is stopped now (by `freeze` or by a stop point)."""
+        pid = self.pid
+        return pid is not None and process_state(pid) in ("T", "t")
+
     async def terminate(self, timeout: float) -> int | None:
         """SIGTERM and wait for the graceful exit; None (and SIGKILL) if it hangs."""
         if self.process is None:
             return None
         if self.running:
             self.process.send_signal(signal.SIGTERM)
+            self.thaw()  # a stopped process acts on SIGTERM only once it runs
         with trio.move_on_after(timeout):
             return await self.process.wait()
         await self.kill()
@@ -221,6 +268,39 @@ class SyncdProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of ``pid`` in ``/proc`` (``R``, ``S``, ``T`` for stopped...)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
+#: Log messages that tell what the replicas did about each other, by event.
+EVENTS = {
+    "lease_acquired": ("lease acquired",),
+    "fenced": ("lease lost; standing by", "commit fenced"),
+    "reclaimed": ("finished the batch of a dead consumer",),
+}
+
+
+def count_events(logs: Iterable[Path]) -> dict[str, int]:
+    """How often each of `EVENTS` happened, from the replicas' logs (every
+    start of each is in its one file)."""
+    counts = dict.fromkeys(EVENTS, 0)
+    for log in logs:
+        try:
+            lines = log.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            for event, words in EVENTS.items():
+                if all(word in line for word in words):
+                    counts[event] += 1
+    return counts
 
 
 class ChaosError(Exception):
@@ -329,7 +409,7 @@ def kill_db_connections(env: WorkloadEnv, pid: int) -> int:
 
 @attrs.define
 class ChaosRun:
-    """Chaos for one plugin on one database."""
+    """Chaos for one plugin on one database, with one or more replicas."""
 
     subject: Subject
     target: Target
@@ -337,6 +417,8 @@ class ChaosRun:
     rng: random.Random
     progress: Progress
     environ: dict[str, str]
+    #: Options of the plugin's own on top of its workload's (see `replica_options`).
+    extra_options: dict[str, Any] = attrs.Factory(dict)
     row: ChaosRow = attrs.field(init=False)
     produced: int = 0
     _producing: bool = True
@@ -344,8 +426,11 @@ class ChaosRun:
     _pending: int | None = None
 
     def __attrs_post_init__(self) -> None:
-        self.row = ChaosRow(self.subject.label, self.target.name,
-                            faults={"sigkill": 0, "db_kill": 0, "redis_kill": 0, "pause": 0})
+        faults = {"sigkill": 0, "db_kill": 0, "redis_kill": 0, "pause": 0}
+        if self.options.replicas > 1:
+            faults["freeze"] = 0
+        self.row = ChaosRow(self.subject.label, self.target.name, faults=faults,
+                            replicas=self.options.replicas)
 
     @property
     def workload(self) -> Workload:
@@ -358,14 +443,12 @@ class ChaosRun:
     async def run(self) -> ChaosRow:
         started = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f"syncd-chaos-{self.subject.plugin}-"))
-        port = free_port()
-        proc = SyncdProcess(self._write_config(tmp, port), port, tmp / "syncd.log",
-                            {**self.environ, "SYNCD_INSTANCE": self._instance})
-        self.row.log = str(proc.log)
+        procs = [self._process(tmp, n) for n in range(self.options.replicas)]
+        self.row.log = str(procs[0].log) if len(procs) == 1 else str(tmp)
         with open_env(self.target.url, self.subject.prefix, self.options.redis_url) as env:
             try:
                 await trio.to_thread.run_sync(self._setup, env)
-                await self._chaos(env, proc)
+                await self._chaos(env, procs)
                 self.row.tally = await trio.to_thread.run_sync(
                     self.workload.tally, env, self.produced)
             except Exception as exc:
@@ -374,8 +457,10 @@ class ChaosRun:
                                   else f"{type(error).__name__}: {error}")
             finally:
                 with trio.CancelScope(shield=True):
-                    await proc.kill()
-                proc.close()
+                    for proc in procs:
+                        await proc.kill()
+                for proc in procs:
+                    proc.close()
             self.row.produced = self.produced
             self.row.seconds = time.perf_counter() - started
             if self.row.ok:
@@ -390,23 +475,35 @@ class ChaosRun:
                          if not self.row.ok else ""))
         return self.row
 
+    def _process(self, tmp: Path, n: int) -> SyncdProcess:
+        """Replica ``n``: its own instance, control-plane port, config and log."""
+        instance = self._instance if self.options.replicas == 1 else f"{self._instance}-{n}"
+        port = free_port()
+        stem = "syncd" if self.options.replicas == 1 else f"syncd-{n}"
+        config = self._write_config(tmp / f"{stem}.yaml", port, instance)
+        return SyncdProcess(config, port, tmp / f"{stem}.log",
+                            {**self.environ, "SYNCD_INSTANCE": instance})
+
     @property
     def _instance(self) -> str:
         return f"chaos-{self.subject.prefix}"
 
-    def _write_config(self, tmp: Path, port: int) -> Path:
-        config = {
+    def _write_config(self, path: Path, port: int, instance: str) -> Path:
+        config: dict[str, Any] = {
             "redis": {"url": self.options.redis_url},
             "databases": {self.target.name: self.target.url},
             "http": {"enabled": True, "listen": f"127.0.0.1:{port}"},
             "shutdown_grace": f"{GRACE:g}s",
             "restart_backoff_max": "1s",
             "log_level": "info",
-            "instance": self._instance,
+            "instance": instance,
             "plugins": {self.subject.plugin: {**dict(self.workload.options),
+                                              **self.extra_options,
                                               "database": self.target.name}},
         }
-        path = tmp / "syncd.yaml"
+        if self.options.replicas > 1:
+            config["lease_ttl"] = f"{REPLICA_LEASE_TTL:g}s"
+            config["idle_transaction_timeout"] = f"{REPLICA_IDLE_TRANSACTION_TIMEOUT:g}s"
         path.write_text(json.dumps(config, indent=2, default=str))  # JSON is YAML
         return path
 
@@ -421,34 +518,46 @@ class ChaosRun:
             self.workload.teardown(env)
         clear_keys(env.redis, env.prefix)
 
-    async def _chaos(self, env: WorkloadEnv, proc: SyncdProcess) -> None:
-        await proc.start()
-        interval = await self._interval(proc)
+    async def _chaos(self, env: WorkloadEnv, procs: list[SyncdProcess]) -> None:
+        async with trio.open_nursery() as nursery:
+            for proc in procs:
+                nursery.start_soon(proc.start)
+        interval = await self._interval(procs[0])
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._produce, env)
             status = trio.CancelScope()
             nursery.start_soon(self._report_status, env, status)
             try:
-                await self._inject_faults(env, proc)
+                await self._inject_faults(env, procs)
             finally:
                 self._producing = False
                 status.cancel()
         if self._produce_error is not None:
             raise ChaosError(f"producer failed: {self._produce_error!r}")
-        self._check_alive(proc)
-        if not proc.running:
-            await proc.start()
-        await proc.wait_live()
-        # Pause and resume come in pairs; this is only a safety net.
-        with contextlib.suppress(httpx.HTTPError, OSError):
-            await http(proc.url, "POST", f"/plugins/{self.subject.plugin}/resume")
+        for proc in procs:
+            self._check_alive(proc)
+            proc.thaw()
+            if not proc.running:
+                await proc.start()
+            await proc.wait_live()
+            # Pause and resume come in pairs; this is only a safety net.
+            with contextlib.suppress(httpx.HTTPError, OSError):
+                await http(proc.url, "POST", f"/plugins/{self.subject.plugin}/resume")
         self.progress(f"[chaos] {self.label}: producers stopped at {self.produced:,}; "
                       f"draining")
-        await self._drain(env, proc, interval)
-        code = await proc.terminate(GRACE + 15)
-        self.row.exit_code = code
-        if code != 0:
-            raise ChaosError(f"syncd serve exited with {code} after SIGTERM (want 0)")
+        await self._drain(env, procs, interval)
+        codes: list[int | None] = []
+        async with trio.open_nursery() as nursery:
+            for proc in procs:
+                nursery.start_soon(self._terminate, proc, codes)
+        self.row.events = count_events(proc.log for proc in procs)
+        self.row.exit_code = next((code for code in codes if code != 0), 0)
+        if any(code != 0 for code in codes):
+            raise ChaosError(f"syncd serve exited with {codes} after SIGTERM (want 0)")
+
+    @staticmethod
+    async def _terminate(proc: SyncdProcess, codes: list[int | None]) -> None:
+        codes.append(await proc.terminate(GRACE + 15))
 
     async def _interval(self, proc: SyncdProcess) -> float | None:
         """The plugin's flush interval (0.0: none), or None if the daemon won't say."""
@@ -487,13 +596,15 @@ class ChaosRun:
 
     def _summary(self) -> str:
         f = self.row.faults
-        return (f"kills {f['sigkill']}/{self.options.kills}, db kills {f['db_kill']}, "
-                f"redis kills {f['redis_kill']}, pauses {f['pause']}, "
-                f"produced {self.produced:,}")
+        freezes = f", freezes {f['freeze']}" if "freeze" in f else ""
+        replicas = f"{self.options.replicas} replicas, " if self.options.replicas > 1 else ""
+        return (f"{replicas}kills {f['sigkill']}/{self.options.kills}{freezes}, "
+                f"db kills {f['db_kill']}, redis kills {f['redis_kill']}, "
+                f"pauses {f['pause']}, produced {self.produced:,}")
 
-    async def _inject_faults(self, env: WorkloadEnv, proc: SyncdProcess) -> None:
-        """Until ``kills`` SIGKILLs are done: let syncd live a random while,
-        poking it with the milder faults, then kill it and start it again."""
+    async def _inject_faults(self, env: WorkloadEnv, procs: list[SyncdProcess]) -> None:
+        """Until ``kills`` SIGKILLs are done: let the replicas live a random while,
+        poking them with the milder faults, then kill one and start it again."""
         deadline = trio.current_time() + self.options.duration_cap
         faults = self.row.faults
         while faults["sigkill"] < self.options.kills and trio.current_time() < deadline:
@@ -502,8 +613,9 @@ class ChaosRun:
             end = trio.current_time() + self.rng.uniform(*self.options.life)
             while (left := end - trio.current_time()) > 0:
                 await trio.sleep(min(left, self.rng.uniform(0.05, 0.5)))
-                if trio.current_time() < end and proc.running:
-                    await self._mild_fault(env, proc)
+                if trio.current_time() < end:
+                    await self._mild_fault(env, self.rng.choice(procs))
+            proc = self.rng.choice(procs)
             self._check_alive(proc)
             await proc.kill()
             faults["sigkill"] += 1
@@ -511,7 +623,9 @@ class ChaosRun:
             if self.rng.random() < 0.3:
                 await trio.sleep(self.rng.uniform(0.1, 1.0))
             # Sometimes kill it again before it is even up (during recovery).
-            await proc.start(wait=self.rng.random() >= 0.15)
+            # With replicas, never wait for it: the others carry on meanwhile.
+            wait = self.rng.random() >= 0.15
+            await proc.start(wait=wait and len(procs) == 1)
 
     def _check_alive(self, proc: SyncdProcess) -> None:
         """syncd must never exit by itself: a daemon that dies is a bug, even if
@@ -525,7 +639,10 @@ class ChaosRun:
         pid = proc.pid
         if pid is None:
             return
-        kind = self.rng.choice(["db_kill", "redis_kill", "pause", "none"])
+        kinds = ["db_kill", "redis_kill", "pause", "none"]
+        if "freeze" in self.row.faults:
+            kinds.append("freeze")
+        kind = self.rng.choice(kinds)
         faults = self.row.faults
         if kind == "db_kill":
             if await trio.to_thread.run_sync(kill_db_connections, env, pid):
@@ -543,26 +660,41 @@ class ChaosRun:
                 faults["pause"] += 1
             except (httpx.HTTPError, OSError):
                 pass  # not up yet, or killed meanwhile: a restart starts unpaused
+        elif kind == "freeze":
+            # As long as a GC pause or a VM migration may last: often past the
+            # lease, so that another replica takes over and this one, thawed,
+            # is fenced (or, for a queue, its batch is reclaimed).
+            proc.freeze()
+            try:
+                await trio.sleep(self.rng.uniform(0.2, 2 * REPLICA_LEASE_TTL))
+            finally:
+                proc.thaw()
+            faults["freeze"] += 1
 
-    async def _drain(self, env: WorkloadEnv, proc: SyncdProcess, interval: float | None) -> None:
-        """Until nothing is pending; flush interval plugins as their timer would."""
+    async def _drain(
+        self, env: WorkloadEnv, procs: list[SyncdProcess], interval: float | None,
+    ) -> None:
+        """Until nothing is pending; flush interval plugins as their timer would
+        (on every replica: those on standby answer 409 and are left alone)."""
         started = trio.current_time()
         name = self.subject.plugin
         with trio.move_on_after(self.options.drain_timeout) as scope:
             while True:
                 if interval is None or interval > 0:
-                    # Failing while starting, or on a backend hiccup: try again.
-                    with contextlib.suppress(httpx.HTTPError, OSError):
-                        await http(proc.url, "POST", f"/plugins/{name}/flush",
-                                   timeout=max(30.0, self.options.drain_timeout))
+                    for proc in procs:
+                        # Failing while starting, or on a backend hiccup: try again.
+                        with contextlib.suppress(httpx.HTTPError, OSError):
+                            await http(proc.url, "POST", f"/plugins/{name}/flush",
+                                       timeout=max(30.0, self.options.drain_timeout))
                 self._pending = await trio.to_thread.run_sync(self.workload.pending, env)
                 if self._pending == 0:
                     break
                 await trio.sleep(0.1)
         self.row.drain_seconds = trio.current_time() - started
         if scope.cancelled_caught:
+            errors = "".join([await self._last_error(proc) for proc in procs])
             raise ChaosError(f"syncd did not drain within {self.options.drain_timeout:.0f} s "
-                             f"({self._pending} pending){await self._last_error(proc)}")
+                             f"({self._pending} pending){errors}")
 
     async def _last_error(self, proc: SyncdProcess) -> str:
         """The plugin's last error as the daemon reports it, for the failure message."""

@@ -176,7 +176,7 @@ class ChaosRow:
         database: Database label.
         produced: Items produced while faults were injected.
         faults: How many of each fault were injected (``sigkill``,
-            ``db_kill``, ``redis_kill``, ``pause``).
+            ``db_kill``, ``redis_kill``, ``pause``; with replicas, ``freeze``).
         tally: The accounting after the drain (None if it never got there).
         exit_code: Exit status of the last ``syncd serve`` after SIGTERM.
         seconds: Wall time of the whole run.
@@ -184,7 +184,14 @@ class ChaosRow:
         crashes: Exit statuses of ``syncd serve`` processes that died by
             themselves (not by our SIGKILL); any is a failure.
         error: Why the run itself failed (e.g. syncd never drained), if it did.
-        log: The file holding syncd's output, for a post-mortem.
+        log: The file holding syncd's output (with replicas, the folder of
+            their files), for a post-mortem.
+        replicas: Daemons that ran side by side.
+        events: What the replicas' logs say they did about each other:
+            ``lease_acquired`` (an exclusive plugin's lease taken, the first
+            time included), ``fenced`` (a replica that found its commit
+            refused and stood down), ``reclaimed`` (a dead queue consumer's
+            batch finished by another).
     """
 
     plugin: str
@@ -198,6 +205,8 @@ class ChaosRow:
     crashes: list[int] = attrs.Factory(list)
     error: str | None = None
     log: str | None = None
+    replicas: int = 1
+    events: dict[str, int] = attrs.Factory(dict)
 
     @property
     def ok(self) -> bool:
@@ -213,6 +222,8 @@ class ChaosRow:
         return {
             "plugin": self.plugin,
             "database": self.database,
+            "replicas": self.replicas,
+            "events": dict(self.events),
             "produced": self.produced,
             "faults": dict(self.faults),
             "tally": tally_dict(self.tally),
@@ -226,9 +237,9 @@ class ChaosRow:
         }
 
 
-CHAOS_HEADERS = ("plugin", "database", "kills", "db kills", "redis kills", "pauses",
-                 "produced", "expected", "in SQL", "dup", "lost", "dead (exp/act)",
-                 "exit", "ok")
+CHAOS_HEADERS = ("plugin", "database", "replicas", "kills", "freezes", "db kills",
+                 "redis kills", "pauses", "leases", "fenced", "reclaimed", "produced",
+                 "expected", "in SQL", "dup", "lost", "dead (exp/act)", "exit", "ok")
 
 
 def chaos_table(rows: Sequence[ChaosRow]) -> list[list[str]]:
@@ -238,10 +249,14 @@ def chaos_table(rows: Sequence[ChaosRow]) -> list[list[str]]:
         out.append([
             row.plugin,
             row.database,
+            str(row.replicas),
             str(row.faults.get("sigkill", 0)),
+            str(row.faults["freeze"]) if "freeze" in row.faults else "-",
             str(row.faults.get("db_kill", 0)),
             str(row.faults.get("redis_kill", 0)),
             str(row.faults.get("pause", 0)),
+            *(str(row.events[event]) if event in row.events else "-"
+              for event in ("lease_acquired", "fenced", "reclaimed")),
             f"{row.produced:,}",
             "-" if t is None else f"{t.expected:,}",
             "-" if t is None else f"{t.in_sql:,}",
@@ -347,8 +362,9 @@ def write_chaos(
         "",
         "Producers ran at a steady rate while `syncd serve` was SIGKILLed and restarted, its "
         "database and Redis connections were killed from the server side, and the plugin was "
-        "paused and resumed; then syncd drained, stopped on SIGTERM, and every item was "
-        "counted.",
+        "paused and resumed; with replicas, each fault hit one of them at random, and "
+        "replicas were also frozen (SIGSTOP) and thawed (SIGCONT). Then syncd drained, "
+        "stopped on SIGTERM, and every item was counted.",
         "",
         markdown_table(CHAOS_HEADERS, chaos_table(rows)),
     ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import inspect
 import operator
 import re
@@ -30,14 +31,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 import trio
 
-from syncd.errors import DatabaseUnavailable
+from syncd.errors import DatabaseUnavailable, Fenced
 from syncd.logs import get_logger
 from syncd.redact import mask_url, scrub
+
+if TYPE_CHECKING:
+    from syncd.lease import Fence
 
 T = TypeVar("T")
 
@@ -683,6 +687,32 @@ class Transaction:
         )
         return self.execute(sql, (plugin, batch_id, detail)) == 1
 
+    def check_fence(self, fence: Fence) -> None:
+        """Make this transaction commit only while ``fence`` is the lease's current token.
+
+        The lease row is updated (its ``commits`` count) where its token is
+        ``fence.token``: one row, or the lease has passed to another replica
+        and `Fenced` is raised, which rolls the transaction back. The update
+        also locks the row until the commit, so a replica taking the lease
+        over waits for this commit or sees its own token win: there is no
+        moment in between. Called last in a transaction, the lock is held
+        only for the commit itself.
+
+        Raises:
+            Fenced: the token is stale (or there is none yet).
+        """
+        if fence.token is None:
+            raise Fenced(f"lease {fence.name!r} is not held by this replica")
+        db = self._db
+        if self.execute(f"UPDATE {db._lease_q} SET commits = commits + 1 "
+                        "WHERE name = %s AND token = %s", (fence.name, fence.token)) == 1:
+            return
+        rows = self.fetchall(f"SELECT holder, token FROM {db._lease_q} WHERE name = %s",
+                             (fence.name,))
+        now = f"{rows[0][0]} holds it with token {rows[0][1]}" if rows else "it is gone"
+        raise Fenced(f"lease {fence.name!r} has passed to another replica: this replica's "
+                     f"token {fence.token} is stale, {now}")
+
     def _set_detail(self, plugin: str, batch_id: str, detail: str | None) -> None:
         self.execute(
             f"UPDATE {self._db._ledger_q} SET detail = %s WHERE plugin = %s AND batch_id = %s",
@@ -786,6 +816,7 @@ class Database:
         url: Its URL (shown with the password masked).
         pool_size: How many connections (and threads) it uses at most.
         ledger_table: The table recording applied batch ids.
+        lease_table: The table of the exclusive plugins' leases (`syncd.lease`).
         on_error: Called with every database error that reaches a caller
             (the metrics count them); never with the caller's own exceptions.
         connect_timeout: Seconds to wait for a connection to open.
@@ -811,6 +842,7 @@ class Database:
     url: str = attrs.field(repr=mask_url)
     pool_size: int = 4
     ledger_table: str = "syncd_ledger"
+    lease_table: str = "syncd_leases"
     on_error: Callable[[BaseException], None] | None = attrs.field(default=None, repr=False)
     connect_timeout: float = 5.0
     lock_timeout: float = 5.0
@@ -818,6 +850,7 @@ class Database:
     idle_check: float = 30.0
     limiter: trio.CapacityLimiter = attrs.field(init=False, repr=False)
     _ledger_q: str = attrs.field(init=False, repr=False)
+    _lease_q: str = attrs.field(init=False, repr=False)
     _idle: list[tuple[Any, float]] = attrs.field(init=False, factory=list, repr=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
     _ledger_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
@@ -828,6 +861,7 @@ class Database:
 
     def __attrs_post_init__(self) -> None:
         validate_identifier(self.ledger_table)
+        validate_identifier(self.lease_table)
         if self.pool_size < 1:
             raise ValueError(f"pool_size must be at least 1, not {self.pool_size}")
         for what in ("lock_timeout", "idle_transaction_timeout"):
@@ -839,6 +873,7 @@ class Database:
             size = min(size, self.max_pool_size)
         self.limiter = trio.CapacityLimiter(size)
         self._ledger_q = quote_identifier(self.ledger_table, self.transaction_class.quote_char)
+        self._lease_q = quote_identifier(self.lease_table, self.transaction_class.quote_char)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -876,7 +911,8 @@ class Database:
     # -- transactions ---------------------------------------------------------------
 
     async def transaction(
-        self, fn: Callable[[Transaction], T], *, after_commit: Callable[[T], Any] | None = None
+        self, fn: Callable[[Transaction], T], *,
+        after_commit: Callable[[T], Any] | None = None, fence: Fence | None = None,
     ) -> Any:
         """Run ``fn(tx)`` in one transaction in a worker thread; commit; return its result.
 
@@ -891,8 +927,15 @@ class Database:
         and what it returns is returned instead: for the acknowledgement that
         must follow the commit (telling Redis), without a second thread hop.
         Its exceptions propagate as they are; the transaction stays committed.
+
+        With a ``fence`` (an exclusive plugin's lease), the transaction
+        commits only if the fencing token is still current
+        (`Transaction.check_fence`); otherwise it rolls back and `Fenced`
+        is raised.
         """
-        return await self._run(fn, after_commit=after_commit)
+        if fence is not None:
+            fn = functools.partial(_then_check_fence, fn, fence)
+        return await self._run(fn, after_commit=after_commit, fence=fence)
 
     async def apply_batch(
         self,
@@ -901,6 +944,7 @@ class Database:
         fn: Callable[[Transaction], T],
         *,
         detail: str | None = None,
+        fence: Fence | None = None,
     ) -> tuple[bool, T | None]:
         """Apply a batch at most once: ``fn(tx)`` and its ledger row commit together.
 
@@ -913,20 +957,31 @@ class Database:
         conflicts. ``detail`` (or ``tx.ledger_detail``, set by ``fn``) is
         stored with the ledger row and readable with `ledger_entry`. As with
         `transaction`, ``fn`` may run twice (the first run rolled back).
+
+        With a ``fence`` (an exclusive plugin's lease), the batch commits
+        only if the fencing token is still current, checked last in the same
+        transaction (`Transaction.check_fence`); otherwise everything rolls
+        back and `Fenced` is raised. A stale replica gets `Fenced` rather
+        than ``(False, None)`` for a batch already applied too, so it
+        learns of its loss at its first commit, whichever it is.
         """
         _check_ledger_key("plugin", plugin)
         _check_ledger_key("batch_id", batch_id)
 
         def apply(tx: Transaction) -> tuple[bool, T | None]:
             if not tx._claim_batch(plugin, batch_id, detail):
+                if fence is not None:
+                    tx.check_fence(fence)
                 raise _Rollback((False, None))
             tx.ledger_detail = detail
             result = fn(tx)
             if tx.ledger_detail != detail:
                 tx._set_detail(plugin, batch_id, tx.ledger_detail)
+            if fence is not None:
+                tx.check_fence(fence)
             return True, result
 
-        return await self._run(apply)
+        return await self._run(apply, fence=fence)
 
     async def ledger_entry(self, plugin: str, batch_id: str) -> LedgerEntry | None:
         """The ledger row of a batch, or None if it was never applied."""
@@ -1069,6 +1124,15 @@ class Database:
         and its one parameter."""
         raise NotImplementedError
 
+    def _now_plus_sql(self, seconds: float) -> tuple[str, Any]:
+        """SQL for "now plus ``seconds``" by the database's clock, in the
+        form ``applied_at`` holds, and its one parameter."""
+        raise NotImplementedError
+
+    def _lease_ddl(self) -> str:
+        """The CREATE TABLE of `lease_table` (see `syncd.sql.leases`)."""
+        raise NotImplementedError
+
     def _timestamp_value(self, value: Any) -> datetime:
         """``applied_at`` as read back, as an aware UTC datetime."""
         if isinstance(value, str):
@@ -1083,8 +1147,13 @@ class Database:
     async def _run(
         self, work: Callable[[Transaction], T], *, readonly: bool = False,
         after_commit: Callable[[T], Any] | None = None,
+        fence: Fence | None = None,
     ) -> T:
-        """One hop to a worker thread that runs ``work`` in one transaction."""
+        """One hop to a worker thread that runs ``work`` in one transaction.
+
+        ``fence``: the lease ``work`` checks (`Transaction.check_fence`); it is
+        told when the check refused the commit.
+        """
         try:
             return await self._hop(work, readonly, after_commit)
         except BaseException as exc:
@@ -1093,6 +1162,8 @@ class Database:
             ):
                 with contextlib.suppress(Exception):
                     self.on_error(exc)
+            if fence is not None and isinstance(exc, Fenced):
+                fence.refused(exc)
             raise
 
     async def _hop(
@@ -1291,6 +1362,13 @@ class _Call:
 
 class _CallCancelled(Exception):
     """The caller was cancelled before its thread had a connection."""
+
+
+def _then_check_fence(fn: Callable[[Transaction], T], fence: Fence, tx: Transaction) -> T:
+    """``fn(tx)``, then the fencing check, last in the same transaction."""
+    result = fn(tx)
+    tx.check_fence(fence)
+    return result
 
 
 def _check_ledger_key(what: str, value: str) -> None:

@@ -587,6 +587,21 @@ class MySQLDatabase(Database):
         return (f"DELETE FROM {self._ledger_q} WHERE applied_at <= "
                 f"{self.now_sql} - INTERVAL %s MICROSECOND", round(older_than_seconds * 1e6))
 
+    def _now_plus_sql(self, seconds: float) -> tuple[str, Any]:
+        return f"({self.now_sql} + INTERVAL %s MICROSECOND)", round(seconds * 1e6)
+
+    def _lease_ddl(self) -> str:
+        # As the ledger: DATETIME(6) holding UTC, case-sensitive names.
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self._lease_q} ("
+            "name VARCHAR(191) NOT NULL PRIMARY KEY, plugin VARCHAR(100) NOT NULL, "
+            "holder VARCHAR(100) NOT NULL, token BIGINT NOT NULL, "
+            "acquired_at DATETIME(6) NOT NULL, renewed_at DATETIME(6) NOT NULL, "
+            "expires_at DATETIME(6) NOT NULL, asked_at DATETIME(6) NULL, "
+            "commits BIGINT NOT NULL DEFAULT 0"
+            ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+        )
+
     @staticmethod
     def _lock_settings(seconds: float) -> str:
         """SET statement for lock waits of at most ``seconds`` (whole, at least 1)."""

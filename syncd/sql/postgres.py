@@ -338,6 +338,19 @@ class PostgresDatabase(Database):
         return (f"DELETE FROM {self._ledger_q} WHERE applied_at <= "
                 f"{self.now_sql} - %s * interval '1 second'", float(older_than_seconds))
 
+    def _now_plus_sql(self, seconds: float) -> tuple[str, Any]:
+        return f"({self.now_sql} + %s * interval '1 second')", float(seconds)
+
+    def _lease_ddl(self) -> str:
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self._lease_q} ("
+            "name VARCHAR(191) NOT NULL PRIMARY KEY, plugin VARCHAR(100) NOT NULL, "
+            "holder VARCHAR(100) NOT NULL, token BIGINT NOT NULL, "
+            "acquired_at TIMESTAMP NOT NULL, renewed_at TIMESTAMP NOT NULL, "
+            "expires_at TIMESTAMP NOT NULL, asked_at TIMESTAMP NULL, "
+            "commits BIGINT NOT NULL DEFAULT 0)"
+        )
+
     def _ensure_ledger(self, conn: Any) -> None:
         try:
             super()._ensure_ledger(conn)

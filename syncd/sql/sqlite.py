@@ -231,3 +231,16 @@ class SQLiteDatabase(Database):
         return (f"DELETE FROM {self._ledger_q} WHERE applied_at <= "
                 "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %s)",
                 f"-{float(older_than_seconds):f} seconds")
+
+    def _now_plus_sql(self, seconds: float) -> tuple[str, Any]:
+        return "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %s)", f"{float(seconds):+f} seconds"
+
+    def _lease_ddl(self) -> str:
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self._lease_q} ("
+            "name VARCHAR(191) NOT NULL PRIMARY KEY, plugin VARCHAR(100) NOT NULL, "
+            "holder VARCHAR(100) NOT NULL, token BIGINT NOT NULL, "
+            "acquired_at TIMESTAMP NOT NULL, renewed_at TIMESTAMP NOT NULL, "
+            "expires_at TIMESTAMP NOT NULL, asked_at TIMESTAMP NULL, "
+            "commits BIGINT NOT NULL DEFAULT 0)"
+        )

@@ -26,7 +26,16 @@ def syncd_plugin() -> syncd.PluginSpec:
         config=TrafficConfig,
         create=TrafficWorker.create,
         description="Node traffic counters (Redis hashes) added to SQL, exactly once.",
+        # Replicas share the in-flight snapshots: one flushes at a time, under
+        # a lease named after them (see README, "Replicas").
+        exclusive=True,
+        lease_name=lease_name,
     )
+
+
+def lease_name(config: TrafficConfig) -> str:
+    """Replicas that share the in-flight snapshots share the lease."""
+    return config.inflight_prefix
 
 
 @syncd.hookimpl

@@ -28,7 +28,16 @@ def syncd_plugin() -> syncd.PluginSpec:
         create=ViewsWorker.create,
         description="VOD view counters (Redis strings, pub/sub) added to SQL exactly once; "
                     "live totals published.",
+        # One replica at a time: they share the in-flight snapshots, and each
+        # subscriber would INCRBY every pub/sub update once more.
+        exclusive=True,
+        lease_name=lease_name,
     )
+
+
+def lease_name(config: ViewsConfig) -> str:
+    """Replicas that share the in-flight snapshots share the lease."""
+    return config.inflight_prefix
 
 
 @syncd.hookimpl
