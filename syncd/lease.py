@@ -312,8 +312,15 @@ class Lease:
             await self.store.release(self.name, token)
 
     def drop(self) -> None:
-        """Forget the token: this replica no longer holds the lease."""
+        """Forget the token: this replica no longer holds the lease.
+
+        What it last saw named itself as the holder, which is no longer true:
+        until it asks again, it does not know who holds the lease, and its
+        status must not claim it does.
+        """
         self.token = None
+        if self.seen is not None and self.seen.holder == self.holder:
+            self.seen = None
 
     def standby_delay(self) -> float:
         """How long a standby replica waits before it asks again: until just after

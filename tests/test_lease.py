@@ -114,9 +114,13 @@ class TestTurns:
         assert await a.acquire()
         await wait_for(b.acquire, timeout=10)
         assert b.token == 2
-        # The old holder finds out at its next renewal, and holds nothing.
+        # The old holder finds out at its next renewal, and holds nothing;
+        # nor does its status claim it does before it has asked again.
         assert not await a.renew()
         assert not a.held
+        assert a.status()["holder"] is None
+        assert not await a.acquire()
+        assert a.status()["holder"] == "b"
 
     async def test_expired_but_not_taken_is_still_renewable(
         self, store: LeaseStore, prefix: str,

@@ -155,7 +155,11 @@ async def test_frozen_holder_is_fenced(
             lambda: _fenced(first, plugin), timeout=60, ignore=(OSError, Exception))
         assert frozen_view["state"] == "standby"
         assert frozen_view["fenced_commits"] == 1
-        assert frozen_view["lease"]["holder"] in ("second", "third")
+        assert frozen_view["lease"]["holder"] != "first"
+        # Standing by, it asks for the lease again and learns who holds it.
+        holder = await wait_for(lambda: _holder(first, plugin), timeout=60,
+                                ignore=(OSError, Exception))
+        assert holder in ("second", "third")
         log = first.log.read_text()
         lost = [line for line in log.splitlines() if "lease lost; standing by" in line]
         assert len(lost) == 1, lost
@@ -178,6 +182,10 @@ async def test_frozen_holder_is_fenced(
 async def _held(proc: SyncdProcess, plugin: str) -> bool:
     view = await status(proc, plugin)
     return bool(view["lease"]["held"]) and view["state"] == "running"
+
+
+async def _holder(proc: SyncdProcess, plugin: str) -> str | None:
+    return (await status(proc, plugin))["lease"]["holder"]
 
 
 async def _fenced(proc: SyncdProcess, plugin: str) -> dict[str, Any] | None:
