@@ -10,6 +10,7 @@ shutdown that leaves nothing in ``active``. See README.md.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pluggy
@@ -79,3 +80,12 @@ def syncd_dead_letter_restore(
     except ValueError as exc:
         raise syncd.NotRequeueable(str(exc)) from None
 
+
+@syncd.hookimpl
+def syncd_status_panel(plugin: str, worker: Any) -> Callable[[], Awaitable[syncd.Panel]] | None:
+    """Jobs by state, the jobs running here, each endpoint's circuit, paused or not."""
+    if plugin != NAME or not isinstance(worker, PortfolioWorker):
+        return None
+    from syncd_portfolio.panel import build_panel
+
+    return lambda: build_panel(worker)

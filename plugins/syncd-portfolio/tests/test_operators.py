@@ -116,3 +116,52 @@ class TestDeadLetters:
                 assert (counts["completed"], counts["failed"]) == (1, 1)
             nursery.cancel_scope.cancel()
 
+
+class TestPanel:
+    """The status page's panel: jobs by state, what runs here, circuits, paused or not."""
+
+    async def test_panel_through_the_status_endpoint(
+            self, prefix: str, tables: str, pg_url: str, ganache: Ganache, tokens: list[str],
+            producer: Producer) -> None:
+        queue = f"{prefix}_q"
+        flaky = FlakyRPC(ganache.url)
+        flaky.set("hang")
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(flaky.serve)
+            async with portfolio(prefix, pg_url, url, token=TOKEN) as (_, http):
+                [held, waiting] = await add(producer, queue, [
+                    {"name": "token-metadata", "data": {"chainId": 1337, "tokens": tokens[:1]}},
+                    {"name": "token-metadata", "data": {"chainId": 1337, "tokens": tokens[1:2]},
+                     "opts": {"delay": 600_000}}])
+                await wait_for(lambda: state_is(http, held, "active"), timeout=30)
+
+                async def shows_running() -> Any:
+                    built = await panel(http)
+                    rows = table(built, "Running")["rows"]
+                    return (rows and rows[0][0] == held) or built
+
+                await wait_for(shows_running, timeout=30)
+                built = await panel(http)
+                assert built["title"] == f"Portfolio jobs: queue {queue}"
+                counts = dict(map(tuple, table(built, "Jobs by state")["rows"]))
+                assert counts["active"] == 1 and counts["delayed"] == 1, counts
+                [running] = table(built, "Running")["rows"]
+                assert running[1:3] == ["token-metadata", 1]
+                [circuit] = table(built, "Circuit breakers")["rows"]
+                assert circuit[0] == url and circuit[1] == "closed"
+                assert "taking jobs" in built["note"] and "queue: not paused" in built["note"]
+                paths = [a["path"] for a in built["actions"]]
+                assert paths == ["/workers/pause", "/workers/pause?scope=queue"]
+
+                # Its buttons are the plugin's routes; after a pause the panel says so.
+                answer = await http.post("/workers/pause")
+                assert answer.status_code == 200, answer.text
+                answer = await http.post("/workers/pause?scope=queue")
+                assert answer.status_code == 200, answer.text
+                built = await panel(http)
+                assert "): paused" in built["note"] and "queue: paused" in built["note"]
+                assert [a["path"] for a in built["actions"]] == [
+                    "/workers/resume", "/workers/resume?scope=queue"]
+                assert (await http.post("/workers/resume?scope=queue")).status_code == 200
+                assert waiting
+            nursery.cancel_scope.cancel()
