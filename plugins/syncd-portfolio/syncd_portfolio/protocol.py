@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+import hiredis
 import msgpack
 import redis
 from bullmq import Job
@@ -120,10 +121,36 @@ class Protocol:
         return results
 
     def _evalsha(self, client: redis.Redis, ops: Sequence[Op]) -> list[Any]:
-        with client.pipeline(transaction=False) as pipe:
-            for op in ops:
-                pipe.evalsha(self._sha[op.script], len(op.keys), *op.keys, *op.args)
-            return pipe.execute(raise_on_error=False)
+        """Every EVALSHA packed into one write on one pooled connection, then every reply.
+
+        Not redis-py's ``Pipeline``: its per-command bookkeeping cost three
+        times the CPU of packing with hiredis directly (measured: 33 µs vs
+        10 µs a script call), and this is the hot path, two calls a job, on
+        a machine whose cores Redis and PostgreSQL share. Nothing is retried
+        on a broken connection (a script is not idempotent: a lost reply of
+        ``moveToActive`` must not take a second job); the connection is
+        dropped and the error raised.
+        """
+        sha = self._sha
+        packed = b"".join([
+            hiredis.pack_command(("EVALSHA", sha[op.script], len(op.keys), *op.keys, *op.args))
+            for op in ops])
+        pool = client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([packed])
+            results: list[Any] = []
+            for _ in ops:
+                try:
+                    results.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    results.append(exc)
+            return results
+        except BaseException:
+            conn.disconnect()  # replies may still be on their way: never reuse it
+            raise
+        finally:
+            pool.release(conn)
 
     # -- taking jobs -------------------------------------------------------------------
 
