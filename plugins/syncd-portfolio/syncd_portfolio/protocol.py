@@ -80,6 +80,7 @@ class Protocol:
     _stub: Any = attrs.field(init=False)
     _source: dict[str, str] = attrs.Factory(dict)
     _sha: dict[str, str] = attrs.Factory(dict)
+    _active_keys: list[str] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         # The port's Scripts only reads `commands` from its connection when a
@@ -90,6 +91,9 @@ class Protocol:
         self._stub = types.SimpleNamespace(
             backend=None, qualifiedName=f"{self.prefix}:{self.queue}",
             opts={"lockDuration": self.lock_ms}, keys=self.scripts.keys)
+        self._active_keys = self.scripts.getKeys([
+            'wait', 'active', 'prioritized', 'events', 'stalled', 'limiter', 'delayed',
+            'paused', 'meta', 'pc', 'marker'])
         commands = importlib.resources.files("bullmq") / "commands"
         for name, filename in SCRIPTS.items():
             self._source[name] = (commands / filename).read_text()
@@ -155,8 +159,7 @@ class Protocol:
     # -- taking jobs -------------------------------------------------------------------
 
     def move_to_active(self, token: str) -> Op:
-        keys = self.scripts.getKeys(['wait', 'active', 'prioritized', 'events', 'stalled',
-                                     'limiter', 'delayed', 'paused', 'meta', 'pc', 'marker'])
+        keys = self._active_keys
         opts = msgpack.packb({"token": token, "lockDuration": self.lock_ms, "limiter": None},
                              use_bin_type=True)
         return Op("moveToActive", keys, [self.keys[''], now_ms(), opts])
@@ -169,7 +172,7 @@ class Protocol:
         delay_until = int(raw[3]) if len(raw) > 3 and raw[3] else 0
         if not data:
             return None, delay_until
-        fields = {_text(data[i]): _text(data[i + 1]) for i in range(0, len(data), 2)}
+        fields = dict(zip(map(_text, data[0::2]), map(_text, data[1::2]), strict=True))
         job = Job.fromJSON(self._stub, fields, _text(job_id))
         job.token = token
         return job, delay_until
