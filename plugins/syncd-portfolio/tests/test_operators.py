@@ -128,7 +128,7 @@ class TestPanel:
         flaky.set("hang")
         async with trio.open_nursery() as nursery:
             url = await nursery.start(flaky.serve)
-            async with portfolio(prefix, pg_url, url, token=TOKEN) as (_, http):
+            async with portfolio(prefix, pg_url, url, token=TOKEN, grace="2s") as (_, http):
                 [held, waiting] = await add(producer, queue, [
                     {"name": "token-metadata", "data": {"chainId": 1337, "tokens": tokens[:1]}},
                     {"name": "token-metadata", "data": {"chainId": 1337, "tokens": tokens[1:2]},
