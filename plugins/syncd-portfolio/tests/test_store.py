@@ -43,10 +43,11 @@ class TestStore:
         await db.connect()
         names = store.Tables(f"{tables}_jobs", f"{tables}_balances", f"{tables}_tokens")
 
-        def rec(job_id: str, state: str, attempts: int, **kw: object) -> store.JobRecord:
+        def rec(job_id: str, state: str, attempts: int, *, reason: str | None = None,
+                value: object = None, started: int | None = 2_000,
+                finished: int | None = None) -> store.JobRecord:
             return store.JobRecord("q", job_id, "token-metadata", {"chainId": 1}, state,
-                                   attempts, kw.get("reason"), kw.get("value"),  # type: ignore[arg-type]
-                                   1_000, kw.get("started", 2_000), kw.get("finished"))  # type: ignore[arg-type]
+                                   attempts, reason, value, 1_000, started, finished)
 
         async def record(*records: store.JobRecord) -> None:
             await db.transaction(lambda tx: store.record_jobs(
