@@ -69,7 +69,9 @@ def completed(client: redis.Redis, queue: str) -> int:
 async def wait_completed(client: redis.Redis, queue: str, n: int, timeout: float) -> None:
     """Poll BullMQ's completed set (another process's doing: no event to wait on)."""
     with trio.fail_after(timeout):
-        while completed(client, queue) < n:  # noqa: ASYNC110
+        # In a thread: a blocking call here would stall the worker under test,
+        # which runs on this same Trio loop.
+        while await trio.to_thread.run_sync(completed, client, queue) < n:  # noqa: ASYNC110
             await trio.sleep(0.05)
 
 

@@ -10,6 +10,7 @@ shutdown that leaves nothing in ``active``. See README.md.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pluggy
@@ -50,19 +51,41 @@ def syncd_http_routes(plugin: str, worker: Any) -> list[syncd.Route] | None:
     return routes(worker)
 
 
-@syncd.hookimpl(optionalhook=True)
-def syncd_dead_letter_restore(plugin: str, config: Any, letter: Any) -> list[Any] | None:
-    """The core's dead-letter requeue (issue 15): the job again, as a new BullMQ job.
+@syncd.hookimpl
+def syncd_dead_letter_lists(plugin: str, config: Any) -> list[str] | None:
+    """The list jobs go to after their last attempt: ``dead_letter``, else ``{<queue>}:dead``.
 
-    Optional: a core without this hook ignores it. See `syncd_portfolio.requeue`.
+    Without it the core would fall back to ``config.dead_letter``, which is
+    empty by default, and ``syncd dead-letters``, the HTTP dead-letter
+    endpoints and the status page would see no dead letters at all.
+    """
+    return [config.dead_letter_key] if plugin == NAME else None
+
+
+@syncd.hookimpl
+def syncd_dead_letter_restore(
+    plugin: str, config: Any, letter: syncd.DeadLetter,
+) -> list[syncd.Restore] | None:
+    """The core's dead-letter requeue: the job again, as a new BullMQ job.
+
+    See `syncd_portfolio.requeue` (why a new id, ``<old id>-r<ms>``).
     """
     if plugin != NAME:
         return None
     from syncd_portfolio.requeue import restore_writes
 
-    restore = syncd.Restore  # type: ignore[attr-defined]
     try:
         return restore_writes(config, letter.payload_bytes, letter.at,
-                              lambda op, key, *args: getattr(restore, op)(key, *args))
+                              lambda op, key, *args: getattr(syncd.Restore, op)(key, *args))
     except ValueError as exc:
-        raise syncd.NotRequeueable(str(exc)) from None  # type: ignore[attr-defined]
+        raise syncd.NotRequeueable(str(exc)) from None
+
+
+@syncd.hookimpl
+def syncd_status_panel(plugin: str, worker: Any) -> Callable[[], Awaitable[syncd.Panel]] | None:
+    """Jobs by state, the jobs running here, each endpoint's circuit, paused or not."""
+    if plugin != NAME or not isinstance(worker, PortfolioWorker):
+        return None
+    from syncd_portfolio.panel import build_panel
+
+    return lambda: build_panel(worker)

@@ -25,6 +25,10 @@ class JobMetrics:
     queue: Gauge
     circuit: Gauge
     circuit_opened: Counter
+    # Label children by label values: ``labels()`` costs a lock and a tuple
+    # check each time, three times a job (prometheus keeps every child anyway).
+    _children: dict[tuple[str, ...], tuple[Counter, Histogram]] = attrs.Factory(dict)
+    _attempt_children: dict[str, Counter] = attrs.Factory(dict)
 
     @classmethod
     def create(cls, m: syncd.PluginMetrics) -> JobMetrics:
@@ -51,6 +55,21 @@ class JobMetrics:
             circuit_opened=m.counter("portfolio_circuit_opened",
                                      "Times an endpoint's breaker opened.", ["endpoint"]),
         )
+
+    def attempt_started(self, name: str) -> None:
+        child = self._attempt_children.get(name)
+        if child is None:
+            child = self._attempt_children[name] = self.attempts.labels(name)
+        child.inc()
+
+    def attempt_ended(self, queue: str, name: str, outcome: str, seconds: float) -> None:
+        key = (queue, name, outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.jobs.labels(queue, name, outcome),
+                                              self.duration.labels(name, outcome))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def circuit_state(self, endpoint: str, state: str) -> None:
         for name in STATES:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+import hiredis
 import msgpack
 import redis
 from bullmq import Job
@@ -79,6 +80,7 @@ class Protocol:
     _stub: Any = attrs.field(init=False)
     _source: dict[str, str] = attrs.Factory(dict)
     _sha: dict[str, str] = attrs.Factory(dict)
+    _active_keys: list[str] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         # The port's Scripts only reads `commands` from its connection when a
@@ -89,6 +91,9 @@ class Protocol:
         self._stub = types.SimpleNamespace(
             backend=None, qualifiedName=f"{self.prefix}:{self.queue}",
             opts={"lockDuration": self.lock_ms}, keys=self.scripts.keys)
+        self._active_keys = self.scripts.getKeys([
+            'wait', 'active', 'prioritized', 'events', 'stalled', 'limiter', 'delayed',
+            'paused', 'meta', 'pc', 'marker'])
         commands = importlib.resources.files("bullmq") / "commands"
         for name, filename in SCRIPTS.items():
             self._source[name] = (commands / filename).read_text()
@@ -120,16 +125,41 @@ class Protocol:
         return results
 
     def _evalsha(self, client: redis.Redis, ops: Sequence[Op]) -> list[Any]:
-        with client.pipeline(transaction=False) as pipe:
-            for op in ops:
-                pipe.evalsha(self._sha[op.script], len(op.keys), *op.keys, *op.args)
-            return pipe.execute(raise_on_error=False)
+        """Every EVALSHA packed into one write on one pooled connection, then every reply.
+
+        Not redis-py's ``Pipeline``: its per-command bookkeeping cost three
+        times the CPU of packing with hiredis directly (measured: 33 µs vs
+        10 µs a script call), and this is the hot path, two calls a job, on
+        a machine whose cores Redis and PostgreSQL share. Nothing is retried
+        on a broken connection (a script is not idempotent: a lost reply of
+        ``moveToActive`` must not take a second job); the connection is
+        dropped and the error raised.
+        """
+        sha = self._sha
+        packed = b"".join([
+            hiredis.pack_command(("EVALSHA", sha[op.script], len(op.keys), *op.keys, *op.args))
+            for op in ops])
+        pool = client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([packed])
+            results: list[Any] = []
+            for _ in ops:
+                try:
+                    results.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    results.append(exc)
+            return results
+        except BaseException:
+            conn.disconnect()  # replies may still be on their way: never reuse it
+            raise
+        finally:
+            pool.release(conn)
 
     # -- taking jobs -------------------------------------------------------------------
 
     def move_to_active(self, token: str) -> Op:
-        keys = self.scripts.getKeys(['wait', 'active', 'prioritized', 'events', 'stalled',
-                                     'limiter', 'delayed', 'paused', 'meta', 'pc', 'marker'])
+        keys = self._active_keys
         opts = msgpack.packb({"token": token, "lockDuration": self.lock_ms, "limiter": None},
                              use_bin_type=True)
         return Op("moveToActive", keys, [self.keys[''], now_ms(), opts])
@@ -142,7 +172,7 @@ class Protocol:
         delay_until = int(raw[3]) if len(raw) > 3 and raw[3] else 0
         if not data:
             return None, delay_until
-        fields = {_text(data[i]): _text(data[i + 1]) for i in range(0, len(data), 2)}
+        fields = dict(zip(map(_text, data[0::2]), map(_text, data[1::2]), strict=True))
         job = Job.fromJSON(self._stub, fields, _text(job_id))
         job.token = token
         return job, delay_until

@@ -466,7 +466,7 @@ class PortfolioWorker:
         self._apply_defaults(job)
         attempt = job.attemptsMade + 1
         started = time.perf_counter()
-        self.metrics.attempts.labels(job.name).inc()
+        self.metrics.attempt_started(job.name)
         outcome = "failed"
         try:
             outcome = await self._attempt(active, attempt)
@@ -479,9 +479,8 @@ class PortfolioWorker:
             self.ctx.log.exception("job runner failed", extra={"job": job.id})
         finally:
             self._ended(active)
-            self.metrics.jobs.labels(cfg.queue, job.name, outcome).inc()
-            self.metrics.duration.labels(job.name, outcome).observe(
-                time.perf_counter() - started)
+            self.metrics.attempt_ended(cfg.queue, job.name, outcome,
+                                       time.perf_counter() - started)
 
     async def _attempt(self, active: ActiveJob, attempt: int) -> str:
         """Run the attempt and finish it in BullMQ; return the outcome's name."""

@@ -35,3 +35,39 @@ class TestStore:
             assert await upsert(10, big) == 0
         finally:
             await db.aclose()
+
+    async def test_job_records_in_one_statement_or_row_by_row(self, tables: str,
+                                                             pg_url: str) -> None:
+        """A round's records go in as one ``unnest`` upsert; two of one job, row by row."""
+        db = open_database("t", pg_url)
+        await db.connect()
+        names = store.Tables(f"{tables}_jobs", f"{tables}_balances", f"{tables}_tokens")
+
+        def rec(job_id: str, state: str, attempts: int, *, reason: str | None = None,
+                value: object = None, started: int | None = 2_000,
+                finished: int | None = None) -> store.JobRecord:
+            return store.JobRecord("q", job_id, "token-metadata", {"chainId": 1}, state,
+                                   attempts, reason, value, 1_000, started, finished)
+
+        async def record(*records: store.JobRecord) -> None:
+            await db.transaction(lambda tx: store.record_jobs(
+                tx, names.jobs, records, synchronous_commit_off=True))
+
+        try:
+            await db.transaction(lambda tx: store.ensure_schema(tx, names))
+            await record(rec("b", "delayed", 1, reason="HTTP 503"), rec("a", "completed", 1,
+                                                                       value={"n": 1},
+                                                                       finished=3_000))
+            await record(rec("b", "completed", 2, started=None, finished=4_000),
+                         rec("c", "delayed", 1, reason="x"), rec("c", "failed", 2, reason="y"))
+            rows = await db.fetchall(
+                f'SELECT id, state, attempts, failed_reason, returnvalue, data,'
+                f' started_at IS NOT NULL, finished_at IS NOT NULL FROM "{names.jobs}"'
+                ' ORDER BY id')
+            assert [tuple(r) for r in rows] == [
+                ("a", "completed", 1, None, {"n": 1}, {"chainId": 1}, True, True),
+                ("b", "completed", 2, None, None, {"chainId": 1}, True, True),
+                ("c", "failed", 2, "y", None, {"chainId": 1}, True, False),
+            ]
+        finally:
+            await db.aclose()

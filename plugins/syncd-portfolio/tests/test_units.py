@@ -9,7 +9,7 @@ import trio.testing
 from syncd_portfolio import abi, jobs
 from syncd_portfolio.breaker import CircuitBreaker, CircuitOpen
 from syncd_portfolio.config import PortfolioConfig
-from syncd_portfolio.protocol import Protocol, backoff_ms, error_of
+from syncd_portfolio.protocol import Op, Protocol, backoff_ms, error_of
 
 import syncd
 from syncd.config import structure
@@ -240,3 +240,27 @@ class TestProtocol:
             assert client.script_exists(protocol._sha["moveToActive"]) == [True]
         finally:
             client.close()
+
+    def test_connection_killed_between_calls(self, prefix: str) -> None:
+        """Scripts go out on a pooled connection of their own packing: one the server
+        closed meanwhile is replaced, not reused (and an error reply is a result)."""
+        import redis
+
+        from syncd.testing import REDIS_URL
+
+        protocol = Protocol(f"{prefix}_q", "bull", 30000)
+        name = f"{prefix}-kill"
+        client = redis.Redis.from_url(REDIS_URL, client_name=name)
+        admin = redis.Redis.from_url(REDIS_URL)
+        try:
+            take = protocol.move_to_active("tok")
+            assert protocol.run(client, [take]) == [[0, 0, 0, 0]]
+            [mine] = [c for c in admin.client_list() if c.get("name") == name]
+            admin.execute_command("CLIENT", "KILL", "ID", mine["id"])
+            bad = Op("extendLocks", [protocol.keys["stalled"]], ["not msgpack", 1, 2, 3])
+            first, second = protocol.run(client, [take, bad])
+            assert first == [0, 0, 0, 0]
+            assert isinstance(second, redis.ResponseError)
+        finally:
+            client.close()
+            admin.close()
