@@ -1,6 +1,6 @@
 """The messages database writer against the raw COPY ceiling, side by side, many rounds.
 
-Run: ``.venv/bin/python bench/messages_ceiling.py [-n 200000] [--rounds 5] [--database pg]``
+Run: ``.venv/bin/python bench/messages_ceiling.py [-n 200000] [--rounds 5] [--batch-size N]``
 (``--profile FILE``: py-spy samples the thread holding the GIL during the
 syncd side into ``FILE.<round>.txt``, collapsed stacks; needs ``pip install
 py-spy`` in the venv).
@@ -31,6 +31,7 @@ import sys
 import time
 import uuid
 
+import attrs
 import trio
 from syncd_messages.workload import messages_workloads
 
@@ -39,10 +40,13 @@ from syncd.harness.env import DATABASES, Target, open_env
 from syncd.manager import get_plugin_manager
 
 
-async def main(n: int, rounds: int, database: str, profile: str | None) -> None:
+async def main(n: int, rounds: int, database: str, profile: str | None,
+               batch_size: int | None) -> None:
     target = Target(database, DATABASES[database])
     prefix = f"mceil{uuid.uuid4().hex[:6]}"
     workload = messages_workloads(prefix, receiver=False)[0]
+    if batch_size is not None:
+        workload = attrs.evolve(workload, options={**workload.options, "batch_size": batch_size})
     options = BenchOptions(plugins=("messages",), databases=(database,), items=n)
     pm = get_plugin_manager()
     ratios: list[float] = []
@@ -101,5 +105,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--database", default="pg", choices=["pg"])
     parser.add_argument("--profile", default=None)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="the plugin's batch_size (default: the plugin's default, 1000)")
     args = parser.parse_args()
-    trio.run(main, args.n, args.rounds, args.database, args.profile)
+    trio.run(main, args.n, args.rounds, args.database, args.profile, args.batch_size)
