@@ -70,6 +70,13 @@ class TestBenchRow:
         assert row.ratio("ceiling") == 0.5
         assert row.tally_ok is True
 
+    def test_round_by_round_ratios(self) -> None:
+        row = bench_row()
+        assert row.round_ratios("baseline") == [4.0, 4.0]
+        assert row.round_ratios("ceiling") == [0.5, 0.5]
+        row.fail("ceiling", "RuntimeError: boom")
+        assert row.round_ratios("ceiling") == []
+
     def test_wrong_tally_fails_the_row(self) -> None:
         row = bench_row()
         row.samples.append(Sample("syncd", 1000, 0.5, tally(lost=1, in_sql=98)))
@@ -144,6 +151,9 @@ class TestFiles:
         assert data["results"][0]["tally_ok"] is True
         assert len(data["results"][0]["samples"]) == 6
         assert "| votes | mysql |" in paths[1].read_text()
+        assert "- votes/mysql: vs baseline 4.00, 4.00 (median 4.00); vs ceiling 0.50, 0.50" \
+            in paths[1].read_text()
+        assert data["results"][0]["round_ratios"]["ceiling"] == [0.5, 0.5]
         assert paths[2].read_bytes().startswith(b"\x89PNG")
 
     def test_bench_files_without_matplotlib(

@@ -21,6 +21,7 @@ from syncd.harness.report import (
     bench_table,
     chaos_table,
     format_table,
+    round_line,
     timestamp,
     write_bench,
     write_chaos,
@@ -52,6 +53,8 @@ def bench_main(options: BenchOptions, out: Path | None, *, echo: Echo = print,
     if not rows:
         return 0
     echo(format_table(BENCH_HEADERS, bench_table(rows)))
+    for line in filter(None, map(round_line, rows)):
+        echo(f"ratios per round: {line[2:]}")
     if out is not None:
         for path in write_bench(rows, out, options.meta(), stamp=stamp):
             echo(f"wrote {path}")

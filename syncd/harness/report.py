@@ -102,6 +102,15 @@ class BenchRow:
             return None
         return ours / theirs
 
+    def round_ratios(self, side: str) -> list[float]:
+        """syncd's rate over ``side``'s round by round (each pair ran minutes
+        apart at most, so the machine's drift cancels better than in the
+        ratio of medians); empty unless every round of both sides succeeded."""
+        ours, theirs = self.rates("syncd"), self.rates(side)
+        if "syncd" in self.errors or side in self.errors or len(ours) != len(theirs):
+            return []
+        return [a / b for a, b in zip(ours, theirs, strict=True) if b]
+
     @property
     def tally_ok(self) -> bool | None:
         """True if every syncd run counted exactly (None if none completed)."""
@@ -120,6 +129,7 @@ class BenchRow:
             "rates": {side: self.rate(side) for side in SIDES},
             "ratio_baseline": self.ratio("baseline"),
             "ratio_ceiling": self.ratio("ceiling"),
+            "round_ratios": {side: self.round_ratios(side) for side in SIDES if side != "syncd"},
             "tally_ok": self.tally_ok,
             "samples": [
                 {"side": s.side, "items": s.items, "seconds": round(s.seconds, 6),
@@ -328,6 +338,10 @@ def write_bench(
         "",
         markdown_table(BENCH_HEADERS, bench_table(rows)),
     ]
+    per_round = [line for r in rows if (line := round_line(r))]
+    if per_round:
+        md += ["", "Ratios round by round (syncd and the other side measured minutes apart "
+               "at most; their median drifts least on a loaded machine):", "", *per_round]
     errors = [(r, side, msg) for r in rows for side, msgs in r.errors.items() for msg in msgs]
     if errors:
         md += ["", "## Errors", "", "`*`: the median of the rounds that did not fail.", ""]
@@ -343,6 +357,18 @@ def write_bench(
             md += ["", f"![rates]({png.name})"]
     paths[1].write_text("\n".join(md) + "\n", encoding="utf-8")
     return paths
+
+
+def round_line(row: BenchRow) -> str | None:
+    """``- plugin/database: vs baseline r1, r2 (median m); vs ceiling …``, or None
+    with fewer than two complete rounds."""
+    parts = []
+    for side in ("baseline", "ceiling"):
+        ratios = row.round_ratios(side)
+        if len(ratios) > 1:
+            parts.append(f"vs {side} {', '.join(f'{r:.2f}' for r in ratios)} "
+                         f"(median {statistics.median(ratios):.2f})")
+    return f"- {row.plugin}/{row.database}: {'; '.join(parts)}" if parts else None
 
 
 def write_chaos(

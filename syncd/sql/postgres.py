@@ -22,6 +22,7 @@ import psycopg.conninfo
 import psycopg.errors
 
 from syncd.sql.base import Database, Dialect, Transaction
+from syncd.sql.copytext import copy_text
 
 #: From this many rows on, COPY into a temp table beats executemany.
 COPY_MIN_ROWS = 100
@@ -80,8 +81,7 @@ class PostgresTransaction(Transaction):
             prepare=False,
         )
         with cur.copy(f"COPY pg_temp.syncd_copy ({cols}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+            _copy_rows(copy, rows)
         cur.execute(
             f"INSERT INTO {table_q} ({cols}) SELECT {cols} FROM pg_temp.syncd_copy "
             "ON CONFLICT DO NOTHING",
@@ -105,8 +105,7 @@ class PostgresTransaction(Transaction):
                 cur.executemany(sql, rows)
             return cur.rowcount
         with cur.copy(f"COPY {table_q} ({cols}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+            _copy_rows(copy, rows)
         return len(rows)
 
     @staticmethod
@@ -389,6 +388,17 @@ class PostgresDatabase(Database):
 def _ms(seconds: float) -> int:
     """Whole milliseconds, at least 1 (0 would mean "no limit" to PostgreSQL)."""
     return max(1, math.ceil(seconds * 1000))
+
+
+def _copy_rows(copy: psycopg.Copy, rows: list[tuple[Any, ...]]) -> None:
+    """Send ``rows`` into a COPY: as one pre-formatted text when every value
+    allows it (`copy_text`, ~3x less client time a row), else row by row."""
+    text = copy_text(rows)
+    if text is None:
+        for row in rows:
+            copy.write_row(row)
+    else:
+        copy.write(text)
 
 
 def _int_array(values: Sequence[Any]) -> Any:

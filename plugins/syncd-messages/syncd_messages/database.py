@@ -63,11 +63,14 @@ class DatabaseWriter:
         if dialect != "postgresql":
             # pymysql and sqlite3 take text fastest (and MySQL's DATETIME has no zone).
             synced_at = synced_at.strftime("%Y-%m-%d %H:%M:%S.%f")
-        rows = [(queue_type, message.decode(), batch.id, position, synced_at)
+        batch_id = batch.id
+        rows = [(queue_type, message.decode(), batch_id, position, synced_at)
                 for position, message in enumerate(messages)]
+        # One datetime shared by every row: `syncd.Transaction.insert` formats
+        # it once for PostgreSQL's COPY.
         suspects = (
             {i for i, message in enumerate(messages) if _jsonb_suspect(message)}
-            if dialect == "postgresql" else set()
+            if dialect == "postgresql" and b"\\u" in b"".join(messages) else set()
         )
         plugin = self.ctx.name
         try:

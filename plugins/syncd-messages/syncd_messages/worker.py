@@ -497,7 +497,8 @@ class MessagesWorker:
         started = time.perf_counter()
         cfg = self.config
         normalized = normalize_batch(
-            batch.items, queue_type=intake.queue_type, max_bytes=cfg.max_item_bytes)
+            batch.items, queue_type=intake.queue_type, max_bytes=cfg.max_item_bytes,
+            envelope=intake.direct is None)
         if intake.direct is not None:
             return await self._write_direct(intake, intake.direct, batch, normalized, started)
         letters = [
@@ -526,7 +527,7 @@ class MessagesWorker:
     ) -> Outcome:
         """The database writer alone: write the intake's batch, then ack it with
         every dead letter (items that are no message, rows the database refused)."""
-        messages = messages_of(normalized.messages)
+        messages = normalized.messages  # bare: no envelope on the direct path
         writer = lane.writer
         written = await writer.write(intake.queue_type, intake.source, batch, messages)
         syncd.crash_point(self.ctx.name, f"{writer.name}:after_write")

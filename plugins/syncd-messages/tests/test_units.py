@@ -74,6 +74,14 @@ class TestNormalize:
         assert open_envelope(b'{"bare": 1}') == (None, b'{"bare": 1}')
         assert messages_of([b'{"bare": 1}', item]) == [b'{"bare": 1}', b'{"a": 1}']
 
+    def test_without_envelope_the_same_messages_come_bare(self) -> None:
+        """The database writer alone takes them straight from the intake."""
+        items = [b'{"a": 1}', b"plain", b"", b'\n{"b":\n2}', b"\xff"]
+        enveloped = normalize_batch(items, queue_type="in", max_bytes=100, now=NOW)
+        bare = normalize_batch(items, queue_type="in", max_bytes=100, now=NOW, envelope=False)
+        assert bare.messages == messages_of(enveloped.messages)
+        assert (bare.rejected, bare.wrapped) == (enveloped.rejected, enveloped.wrapped)
+
 
 class TestJsonbSuspects:
     """A cheap look for what PostgreSQL's JSONB may refuse (the database decides)."""
