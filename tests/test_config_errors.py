@@ -80,8 +80,8 @@ class TestOneLine:
         ({"lock_timeout": "0s"}, "lock_timeout: must be more than 0s"),
         ({"shutdown_grace": float("nan")}, "shutdown_grace: expected a finite duration"),
         ({"restart_backoff_max": 0}, "restart_backoff_max: must be more than 0s"),
-    ], ids=["redis-scheme", "redis-db", "redis-option", "redis-cluster-node", "pg-port", "pg-sslmode",
-            "mysql-timeout", "sqlite-folder", "lock-timeout",
+    ], ids=["redis-scheme", "redis-db", "redis-option", "redis-cluster-node", "pg-port",
+            "pg-sslmode", "mysql-timeout", "sqlite-folder", "lock-timeout",
             "nan-grace", "zero-backoff"])
     def test_rejected_at_start(self, tmp_path: Path, config: dict[str, Any],
                                message: str) -> None:
