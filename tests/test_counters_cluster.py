@@ -1,0 +1,174 @@
+"""CounterSnapshots on a real Redis Cluster: one slot per snapshot, nothing lost or doubled.
+
+The single-node tests (test_counters.py) hold the chain's logic; these check
+what the cluster adds: snapshots per slot, in-flight keys in their slot,
+recovery through the registry on every master, dead letters pushed once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from syncd.counters import CounterSnapshots, key_slot, slot_tag
+from syncd.deadletter import DeadLetter
+from syncd.redis import RedisHandle, scan_masters
+from syncd.testing import redis_client_for
+
+from .test_counters import Sums
+
+
+@pytest.fixture(name="handle")
+async def _handle(redis_cluster_url: str) -> AsyncIterator[RedisHandle]:
+    handle = RedisHandle.from_url(redis_cluster_url, pool_size=4)
+    yield handle
+    handle.close()
+
+
+@pytest.fixture(name="client")
+def _client(redis_cluster_url: str, prefix: str) -> Iterator[Any]:
+    client = redis_client_for(redis_cluster_url)
+    yield client
+    client.close()
+
+
+def snaps(handle: RedisHandle, prefix: str) -> CounterSnapshots:
+    return CounterSnapshots(handle, f"{prefix}:node:*:traffic", f"{prefix}:inflight:traffic")
+
+
+def left(client: Any, prefix: str) -> list[bytes]:
+    return sorted(scan_masters(client, match=f"*{prefix}*"))
+
+
+async def test_one_slot_per_snapshot_and_all_taken(
+        handle: RedisHandle, client: Any, prefix: str) -> None:
+    keys = [f"{prefix}:node:{n}:traffic" for n in range(40)]
+    # Two keys that share a tag share a slot and so a snapshot.
+    keys += [f"{{{prefix}:t}}:node:{n}:traffic" for n in range(5)]
+    for i, key in enumerate(keys):
+        client.hincrby(key, "upload", i + 1)
+    cs = snaps(handle, prefix)
+    cs.pattern = f"*{prefix}*:node:*:traffic"
+    sums, sizes = Sums(), []
+    while (snap := await cs.snapshot(1000)) is not None:
+        assert snap.slot is not None
+        assert {key_slot(key) for key, _ in snap.pairs()} == {snap.slot}
+        # The in-flight keys live in the counters' slot.
+        current = client.get(f"{{{slot_tag(snap.slot)}}}"
+                             f":{prefix}:inflight:traffic:current")
+        assert current == snap.id.encode()
+        sizes.append(len(snap))
+        assert sums.apply(snap)
+        assert await cs.commit(snap)
+    assert max(sizes) == 5 and sum(sizes) == len(keys)
+    assert sums.totals == Counter({(key, "upload"): i + 1 for i, key in enumerate(keys)})
+    assert left(client, prefix) == []  # no counter, no in-flight key, no registry entry
+
+
+async def test_crash_recovery_finds_every_snapshot_on_every_master(
+        handle: RedisHandle, client: Any, prefix: str) -> None:
+    for n in range(30):
+        client.hincrby(f"{prefix}:node:{n}:traffic", "upload", n + 1)
+    sums = Sums()
+    lanes = [CounterSnapshots(handle, f"{prefix}:node:*:traffic",
+                              f"{prefix}:inflight:traffic:{lane}") for lane in range(2)]
+    taken = [await lane.snapshot(100) for lane in lanes]
+    assert all(t is not None for t in taken)
+    masters = {handle.client.get_node_from_key(f"{prefix}:node:{n}:traffic").name
+               for n in range(30)}
+    assert len(masters) == 3
+    # "kill -9": a new process finds both snapshots in flight, by the registry.
+    fresh = [CounterSnapshots(handle, f"{prefix}:node:*:traffic",
+                              f"{prefix}:inflight:traffic:{lane}") for lane in range(2)]
+    for lane, first in zip(fresh, taken, strict=True):
+        assert first is not None
+        assert await handle.run(lane.has_in_flight)
+        again = await lane.snapshot(100)
+        assert again is not None and again.recovered and again.id == first.id
+        assert sums.apply(again)
+        # Crash after the SQL commit: replayed, the ledger skips it.
+        replay = await CounterSnapshots(handle, lane.pattern, lane.inflight_prefix).snapshot(100)
+        assert replay is not None and replay.id == first.id and not sums.apply(replay)
+        assert await lane.commit(replay)
+        assert not await lane.commit(first)
+    while True:
+        snap = await fresh[0].snapshot(100)
+        if snap is None:
+            break
+        assert sums.apply(snap)
+        assert await fresh[0].commit(snap)
+    assert sums.totals == Counter(
+        {(f"{prefix}:node:{n}:traffic", "upload"): n + 1 for n in range(30)})
+    assert left(client, prefix) == []
+
+
+async def test_dead_letters_pushed_once_though_commit_is_replayed(
+        handle: RedisHandle, client: Any, prefix: str) -> None:
+    client.hset(f"{prefix}:node:x:traffic", mapping={"upload": "abc"})
+    cs = snaps(handle, prefix)
+    snap = await cs.snapshot(10)
+    assert snap is not None
+    dead = [DeadLetter(f"{prefix}:dead", "x", "not an integer", "traffic")]
+    assert await cs.commit(snap, dead)
+    assert not await cs.commit(snap, dead)  # a replay: nothing pushed twice
+    assert client.lrange(f"{prefix}:dead", 0, -1) == [dead[0].encode()]
+    assert [k for k in left(client, prefix) if b"inflight" in k] == []
+
+
+async def test_increments_racing_flushes_with_crashes_sum_exactly(
+        handle: RedisHandle, client: Any, prefix: str) -> None:
+    """Producers HINCRBY across every slot while a flusher takes, "crashes"
+    (drops its state) before applying or before committing, and commits."""
+    rng = random.Random(7)
+    produced: Counter[tuple[str, str]] = Counter()
+    sums = Sums()
+    done = trio.Event()
+
+    def produce(round_: int) -> None:
+        with client.pipeline(transaction=False) as pipe:
+            for _ in range(100):
+                key = f"{prefix}:node:{rng.randrange(60)}:traffic"
+                amount = rng.randrange(1, 1000)
+                pipe.hincrby(key, "upload", amount)
+                produced[key, "upload"] += amount
+            pipe.execute()
+
+    async def producer() -> None:
+        for round_ in range(30):
+            await trio.to_thread.run_sync(produce, round_)
+        done.set()
+
+    async def flusher() -> None:
+        cs = snaps(handle, prefix)
+        crashes = 0
+        while True:
+            finished = done.is_set()
+            snap = await cs.snapshot(rng.choice([5, 50]))
+            if snap is None:
+                if finished:
+                    assert crashes > 0
+                    return
+                await trio.sleep(0.002)
+                continue
+            if rng.random() < 0.15:
+                crashes += 1
+                cs = snaps(handle, prefix)
+                continue
+            sums.apply(snap)
+            if rng.random() < 0.15:
+                crashes += 1
+                cs = snaps(handle, prefix)
+                continue
+            await cs.commit(snap)
+
+    with trio.fail_after(120):  # a deadlock guard, not a speed test
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer)
+            nursery.start_soon(flusher)
+    assert sums.totals == produced
+    assert left(client, prefix) == []
