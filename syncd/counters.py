@@ -43,32 +43,33 @@ blocking every flush. Bad *values* are the caller's to judge; it passes them
 to `CounterSnapshots.commit` as dead letters.
 
 Redis Cluster (``redis+cluster://``): a script may only touch keys of one
-hash slot, so there a snapshot takes the counters of **one slot**, and its
-in-flight keys are named to live in that slot: ``{<tag>}:{inflight_prefix}:current``
-and ``{<tag>}:{inflight_prefix}:{id}``, where ``<tag>`` is a short string
-chosen (`slot_tag`) to hash to that slot. SCAN walks every master (one
-cursor per master, resumed like the single-node cursor); the keys found are
-grouped by slot and the fullest group is taken first, the others wait in
-memory for the next snapshots (a key taken since is skipped by the script).
-Each snapshot has its own id, ledger entry and SQL transaction, so the
-exactly-once chain is the single-node one, slot by slot. Counter keys that
-share a hash tag share a slot, so tagging them (``{traffic:7}:node:12``, a
-few hundred tags) makes cluster snapshots as large as single-node ones.
+hash slot, so there a snapshot is made of **parts, one per slot**: SCAN
+walks every master (a cursor per master, resumed like the single-node
+cursor), the keys found are grouped by slot, and one script per slot moves
+that slot's counters into the part ``{<tag>}:{inflight_prefix}:{id}``, where
+``<tag>`` is a short string chosen (`slot_tag`) to hash to that slot. Each
+part is atomic like a single-node snapshot; the snapshot (its parts
+together) has one id, one ledger entry and one SQL transaction, so a
+cluster snapshot is as large as a single-node one (``max_keys``) whatever
+the slots.
 
-Finding every snapshot in flight after a crash: a snapshot's keys live in
-its counters' slot, on whichever master holds it, so before the script
-runs the slot is recorded in the lane's **registry**, a hash
-``{inflight_prefix}:slots`` (slot → ``<id>:<ms>``, written first: a write-
-ahead intent). The registry is thus a superset of the slots holding a
-snapshot: a crash between it and the script leaves an entry whose slot has
-no ``current``, which is dropped once it is a minute old (the script runs
-milliseconds after the intent; the age keeps a slow replica's fresh intent
-from being dropped under it). Recovery reads the registry, then ``current``
-in each slot it names, on whichever master holds the slot now (resharding
-moves a snapshot's keys with its slot). Commit clears ``current`` in the
-slot, then its registry entry. Dead letters go to their lists (other slots)
-before the commit, each list's push at most once per snapshot (a marker
-key beside the list, ``{list}:pushed:<id>``, one day).
+Finding every snapshot in flight after a crash, on every master: before
+any part is taken, the snapshot's **manifest** (its slots) is written to
+the lane's registry, a hash ``{inflight_prefix}:snapshots`` (id →
+manifest): a write-ahead record, so a part can exist only under a
+manifest. Recovery reads the registry and, before reading a snapshot's
+parts, **closes** it: ``{<tag>}:{inflight_prefix}:{id}:closed`` in each of
+its slots (a day's TTL), which the part script checks, so no part of that
+snapshot can be taken afterwards (by its first owner, paused or still
+running). The parts read after closing are then final: every replica that
+applies the snapshot applies the same parts, and the ledger lets one
+through. (Without the close, an owner still taking parts could add one
+after a replica applied the snapshot, and commit would delete it unapplied.)
+A slot's part moves with its slot when the cluster reshards. Commit pushes
+the dead letters (each list at most once per snapshot: a marker
+``{list}:pushed:<id>`` beside the list, a day), deletes the parts, then the
+manifest; a crash in between leaves a manifest whose parts are gone or
+fewer, which recovery finds already in the ledger and finishes.
 
 Several replicas: a replica that finds another's snapshot in flight gets it
 too (``recovered``); both may apply it, the ledger lets only one through, and
@@ -78,6 +79,7 @@ only one commit removes it. A lease (DESIGN.md §7) avoids the wasted work.
 from __future__ import annotations
 
 import functools
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -175,8 +177,13 @@ return 1
 #: How long a cluster dead-letter push marker lasts: longer than any replay.
 _PUSHED_TTL = 86_400
 
-#: A registry entry whose slot holds no snapshot is dropped after this long.
-_STALE_INTENT_MS = 60_000
+#: How long the mark that closes a recovered cluster snapshot lasts.
+_CLOSED_TTL = 86_400
+
+# Cluster: take one slot's counters into a part of snapshot ARGV[1], unless
+# the snapshot was closed by a recovery. The single-node script without the
+# ``current`` key: KEYS[1] is the snapshot's "closed" mark in this slot.
+_PART = _SNAPSHOT.replace("redis.call('SET', KEYS[1], ARGV[1])\n", "")
 
 #: Hash slots of a Redis Cluster.
 SLOTS = 16384
@@ -225,7 +232,6 @@ class Snapshot:
         more: Counters are known to be waiting beyond this snapshot although
             it is smaller than asked (on a cluster, where a snapshot holds one
             slot's counters): a flush goes on.
-        slot: The Cluster hash slot it lives in (None on single Redis).
     """
 
     id: str
@@ -233,7 +239,6 @@ class Snapshot:
     recovered: bool = False
     kind: Kind = "hash"
     more: bool = False
-    slot: int | None = None
 
     def __len__(self) -> int:
         return len(self.raw) // 2
@@ -335,7 +340,7 @@ class CounterSnapshots:
 
     @property
     def registry_key(self) -> str:
-        """Cluster: the hash of slots that may hold a snapshot of this lane."""
+        """Cluster: the hash of this lane's snapshots in flight (id → manifest)."""
         return _registry_key(self.inflight_prefix)
 
     def _slot_prefix(self, slot: int) -> str:
@@ -391,25 +396,32 @@ class CounterSnapshots:
             return None
         return Snapshot(snapshot_id, _unpack(reply[1]), recovered=False, kind=self.kind)
 
-    # -- cluster: one slot per snapshot -----------------------------------------------
+    # -- cluster: one part per slot --------------------------------------------------
 
     def _cluster_snapshot(self, client: Any, max_keys: int) -> Snapshot | None:
-        """A snapshot of one slot's counters, the one in flight first (see the module doc)."""
-        found = self._cluster_load_current(client)
+        """A snapshot of up to ``max_keys`` counters from any slots, the one in
+        flight first (see the module doc)."""
+        found = self._cluster_recover(client)
         if found is not None:
             return found
         # Keys scanned earlier may have been taken since (another lane, a
-        # replica): the script skips them, and an empty take moves on. The
+        # replica): the scripts skip them, and an empty take moves on. The
         # bound keeps one call's work finite; None then just means "not now".
-        for _ in range(64):
+        for _ in range(8):
             if not self._waiting and not self._cluster_scan(client, max_keys):
                 return None
-            slot = max(self._waiting, key=lambda s: len(self._waiting[s]))
-            keys = self._waiting.pop(slot)
-            if len(keys) > max_keys:
-                self._waiting[slot] = keys[max_keys:]
-                keys = keys[:max_keys]
-            taken = self._cluster_take(client, slot, keys)
+            groups: dict[int, list[bytes]] = {}
+            count = 0
+            for slot in sorted(self._waiting, key=lambda s: -len(self._waiting[s])):
+                if count >= max_keys:
+                    break
+                keys = self._waiting.pop(slot)
+                if count + len(keys) > max_keys:
+                    self._waiting[slot] = keys[max_keys - count:]
+                    keys = keys[:max_keys - count]
+                groups[slot] = keys
+                count += len(keys)
+            taken = self._cluster_take(client, groups)
             if taken is not None:
                 return taken
         return None
@@ -445,66 +457,57 @@ class CounterSnapshots:
             self._waiting.setdefault(key_slot(key), []).append(key)
         return len(found)
 
-    def _cluster_take(self, client: Any, slot: int, keys: list[bytes]) -> Snapshot | None:
-        """Run the snapshot script in ``slot``, its intent recorded first."""
+    def _cluster_take(self, client: Any, groups: dict[int, list[bytes]]) -> Snapshot | None:
+        """Write the manifest, then take each slot's part; None if nothing was there."""
         snapshot_id = uuid.uuid4().hex
-        prefix = self._slot_prefix(slot)
-        client.hset(self.registry_key, str(slot), f"{snapshot_id}:{_now_ms()}")
-        reply = self._scripts["snapshot"](
-            keys=[_current_key(prefix), _snapshot_key(prefix, snapshot_id), *keys],
-            args=[snapshot_id, self.kind, _LUA_CHUNK],
-            client=client,
-        )
-        if reply[0] == 0:  # in flight there already (a replica's): that one
-            return self._cluster_load_current(client)
-        if len(reply) == 1:
+        slots = sorted(groups)
+        client.hset(self.registry_key, snapshot_id,
+                    json.dumps({"slots": slots, "at": int(time.time())}))
+        raw: list[Any] = []
+        # One EVAL per slot, pipelined (grouped per master by redis-py; its
+        # cluster pipeline refuses EVALSHA). A part is atomic on its own; if
+        # any fails, the snapshot is left to recovery, which closes it first.
+        with client.pipeline(transaction=False) as pipe:
+            for slot in slots:
+                prefix = self._slot_prefix(slot)
+                pipe.execute_command(
+                    "EVAL", _PART, 2 + len(groups[slot]), _closed_key(prefix, snapshot_id),
+                    _snapshot_key(prefix, snapshot_id), *groups[slot],
+                    snapshot_id, self.kind, _LUA_CHUNK)
+            replies = pipe.execute()
+        for reply in replies:
+            if reply[0] == 1 and len(reply) > 1:
+                raw += _unpack(reply[1])
+        if not raw:
+            # Every key vanished since the SCAN (or the snapshot was closed
+            # at once by a replica's recovery: it then finishes it).
+            client.hdel(self.registry_key, snapshot_id)
             return None
-        return Snapshot(snapshot_id, _unpack(reply[1]), recovered=False, kind=self.kind,
-                        more=bool(self._waiting) or any(self._cursors.values()), slot=slot)
+        return Snapshot(snapshot_id, raw, recovered=False, kind=self.kind,
+                        more=bool(self._waiting) or any(self._cursors.values()))
 
-    def _registered(self, client: Any) -> list[tuple[int, str, str | None]]:
-        """``(slot, registry value, snapshot id in flight there or None)`` per registry entry."""
-        entries = client.hgetall(self.registry_key)
-        out = []
-        for raw_slot, value in sorted(entries.items()):
-            slot = int(raw_slot)
-            current = client.get(_current_key(self._slot_prefix(slot)))
-            out.append((slot, _text(value), None if current is None else _text(current)))
-        return out
+    def _manifests(self, client: Any) -> dict[str, list[int]]:
+        """Snapshot id → its slots, for every snapshot of this lane in flight."""
+        return {_text(sid): json.loads(value)["slots"]
+                for sid, value in client.hgetall(self.registry_key).items()}
 
-    def _cluster_load_current(self, client: Any) -> Snapshot | None:
-        """The first snapshot in flight in a registered slot; drop stale intents."""
-        for slot, value, current in self._registered(client):
-            if current is None:
-                self._drop_stale_intent(client, slot, value)
-                continue
-            prefix = self._slot_prefix(slot)
-            blob = client.hget(_snapshot_key(prefix, current), "data")
-            if blob is None:
-                if client.get(_current_key(prefix)) is None:
-                    continue  # committed between the two reads
-                raise RuntimeError(
-                    f"{_current_key(prefix)} names snapshot {current}, but "
-                    f"{_snapshot_key(prefix, current)} has no 'data' field: inspect it, "
-                    f"apply its counters by hand if it holds any, then delete both keys")
-            return Snapshot(current, _unpack(blob), recovered=True, kind=self.kind,
-                            more=True, slot=slot)
+    def _cluster_recover(self, client: Any) -> Snapshot | None:
+        """The first snapshot in flight, closed and read whole; drop empty ones."""
+        for snapshot_id, slots in sorted(self._manifests(client).items()):
+            raw = _close_and_read(client, self.inflight_prefix, snapshot_id, slots)
+            if raw:
+                return Snapshot(snapshot_id, raw, recovered=True, kind=self.kind, more=True)
+            # Nothing taken under it (a crash before any part), or committed
+            # but for the manifest: either way there is nothing to apply.
+            client.hdel(self.registry_key, snapshot_id)
         return None
-
-    def _drop_stale_intent(self, client: Any, slot: int, value: str) -> None:
-        _, _, stamp = value.rpartition(":")
-        if stamp.isdigit() and _now_ms() - int(stamp) > _STALE_INTENT_MS:
-            self._scripts.setdefault("hdel_if", client.register_script(_HDEL_IF))(
-                keys=[self.registry_key], args=[str(slot), value], client=client)
 
     def _cluster_commit(self, client: Any, snapshot: Snapshot,
                         dead_letters: Sequence[DeadLetter]) -> bool:
-        slot = snapshot.slot
-        if slot is None:  # loaded by an older caller: find it by its id
-            slot = next((s for s, _, cur in self._registered(client) if cur == snapshot.id),
-                        None)
-            if slot is None:
-                return False
+        value = client.hget(self.registry_key, snapshot.id)
+        if value is None:
+            return False  # committed already (a replica, or this call replayed)
+        slots = json.loads(value)["slots"]
         by_list: dict[str, list[bytes]] = {}
         for entry in dead_letters:
             by_list.setdefault(entry.key, []).append(entry.encode())
@@ -512,17 +515,11 @@ class CounterSnapshots:
             self._scripts["push_once"](
                 keys=[key, slot_key(key, "pushed", snapshot.id)],
                 args=[_PUSHED_TTL, *payloads], client=client)
-        prefix = self._slot_prefix(slot)
-        done = self._scripts["commit"](
-            keys=[_current_key(prefix), _snapshot_key(prefix, snapshot.id)],
-            args=[snapshot.id, 0], client=client)
-        # The intent goes only if it is still this snapshot's (a replica may
-        # have recorded a newer one for the slot since).
-        value = client.hget(self.registry_key, str(slot))
-        if value is not None and _text(value).startswith(snapshot.id + ":"):
-            self._scripts.setdefault("hdel_if", client.register_script(_HDEL_IF))(
-                keys=[self.registry_key], args=[str(slot), _text(value)], client=client)
-        return bool(done)
+        with client.pipeline(transaction=False) as pipe:
+            for slot in slots:
+                pipe.unlink(_snapshot_key(self._slot_prefix(slot), snapshot.id))
+            pipe.execute()
+        return bool(client.hdel(self.registry_key, snapshot.id))
 
     def _scan(self, client: redis_py.Redis, max_keys: int) -> list[bytes]:
         """Up to ``max_keys`` distinct counter keys, resuming where the last scan stopped.
@@ -639,11 +636,12 @@ class CounterSnapshots:
         harnesses count what is in flight without building the whole thing)."""
         if is_cluster(client):
             total = 0
-            for raw_slot in client.hkeys(_registry_key(inflight_prefix)):
-                prefix = _slot_prefix(inflight_prefix, int(raw_slot))
-                current = client.get(_current_key(prefix))
-                if current is not None:
-                    total += int(client.hget(_snapshot_key(prefix, _text(current)), "n") or 0)
+            for sid, value in client.hgetall(_registry_key(inflight_prefix)).items():
+                with client.pipeline(transaction=False) as pipe:
+                    for slot in json.loads(value)["slots"]:
+                        pipe.hget(_snapshot_key(_slot_prefix(inflight_prefix, slot),
+                                                _text(sid)), "n")
+                    total += sum(int(n or 0) for n in pipe.execute())
             return total
         current = client.get(_current_key(inflight_prefix))
         if current is None:
@@ -653,21 +651,39 @@ class CounterSnapshots:
     def has_in_flight(self, client: redis_py.Redis) -> bool:
         """Whether this lane holds a snapshot (sync, for a thread)."""
         if is_cluster(client):
-            return any(current is not None for _, _, current in self._registered(client))
+            return bool(client.hlen(self.registry_key))
         return bool(client.exists(self.current_key))
 
 
-# Drop a registry entry only if it still has the value we saw.
-_HDEL_IF = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  return redis.call('HDEL', KEYS[1], ARGV[1])
-end
-return 0
-"""
-
-
 def _registry_key(inflight_prefix: str) -> str:
-    return slot_key(inflight_prefix, "slots")
+    return slot_key(inflight_prefix, "snapshots")
+
+
+def _closed_key(slot_prefix: str, snapshot_id: str) -> str:
+    return f"{slot_prefix}:{snapshot_id}:closed"
+
+
+def _close_and_read(client: Any, inflight_prefix: str, snapshot_id: str,
+                    slots: list[int]) -> list[Any]:
+    """Close snapshot ``snapshot_id`` in each of its slots, then read its parts.
+
+    Closing first makes the read final: a part script that runs after the
+    close refuses, so whoever applies this snapshot applies these parts.
+    """
+    prefixes = [_slot_prefix(inflight_prefix, slot) for slot in slots]
+    with client.pipeline(transaction=False) as pipe:
+        for prefix in prefixes:
+            pipe.set(_closed_key(prefix, snapshot_id), "1", ex=_CLOSED_TTL)
+        pipe.execute()
+    with client.pipeline(transaction=False) as pipe:
+        for prefix in prefixes:
+            pipe.hget(_snapshot_key(prefix, snapshot_id), "data")
+        blobs = pipe.execute()
+    raw: list[Any] = []
+    for blob in blobs:
+        if blob is not None:
+            raw += _unpack(blob)
+    return raw
 
 
 def _slot_prefix(inflight_prefix: str, slot: int) -> str:
@@ -680,10 +696,6 @@ def _is_tagged_inflight(key: bytes, skip: bytes) -> bool:
         return False
     _, sep, rest = key.partition(b"}:")
     return bool(sep) and rest.startswith(skip)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _scan_all(client: Any, match: str, count: int, kind: str,
