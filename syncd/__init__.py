@@ -38,7 +38,7 @@ from syncd.metrics import PluginMetrics
 from syncd.panel import Action, Panel, Table
 from syncd.plugin import PluginContext, PluginSpec, Route, SyncResult, Worker
 from syncd.queue import Batch, ReliableQueue
-from syncd.redis import RedisHandle, is_cluster, scan_masters
+from syncd.redis import RedisHandle, is_cluster, one_node_url, scan_masters
 from syncd.restore import NotRequeueable, Restore
 from syncd.sql import Database, Transaction
 from syncd.supervisor import error_kind
@@ -98,6 +98,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "is_cluster",
+    "one_node_url",
     "push_dead_letters",
     "scan_masters",
     "slot_key",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import TypeVar
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import attrs
 import redis
@@ -97,6 +97,25 @@ def parse_cluster_url(url: str) -> ClusterURL:
                 f"(e.g. {CLUSTER_SCHEME}://10.0.0.1:7000,10.0.0.2:7000)")
         nodes.append((host, int(port)))
     return ClusterURL(tuple(nodes), username, password)
+
+
+def one_node_url(url: str) -> str:
+    """A ``redis://`` URL of one node of ``url`` (``url`` itself unless a cluster).
+
+    For connections that need one node, not a cluster client: a plain
+    SUBSCRIBE, which Redis Cluster serves on any node (PUBLISH reaches
+    every node). The first startup node is taken; the credentials are kept.
+    """
+    if not is_cluster_url(url):
+        return url
+    parsed = parse_cluster_url(url)
+    host, port = parsed.nodes[0]
+    if ":" in host:
+        host = f"[{host}]"
+    auth = ""
+    if parsed.username or parsed.password:
+        auth = f"{quote(parsed.username or '', safe='')}:{quote(parsed.password or '', safe='')}@"
+    return f"redis://{auth}{host}:{port}/0"
 
 
 def is_cluster(client: object) -> bool:
