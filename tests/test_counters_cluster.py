@@ -17,8 +17,9 @@ import trio
 
 from syncd.counters import _PART, CounterSnapshots, key_slot, slot_tag
 from syncd.deadletter import DeadLetter
+from syncd.errors import RedisUnavailable
 from syncd.redis import RedisHandle, scan_masters
-from syncd.testing import redis_client_for
+from syncd.testing import LocalCluster, redis_client_for, wait_for_sync
 
 from .test_counters import Sums
 
@@ -209,4 +210,98 @@ async def test_increments_racing_flushes_with_crashes_sum_exactly(
             nursery.start_soon(producer)
             nursery.start_soon(flusher)
     assert sums.totals == produced
+    assert left(client, prefix) == []
+
+
+async def test_resharding_the_slot_during_flushes_loses_and_doubles_nothing(
+        redis_cluster: LocalCluster, handle: RedisHandle, client: Any, prefix: str) -> None:
+    """The slot holding the data moves to another master, key batch by key
+    batch, while counters are incremented and snapshots taken, applied and
+    committed in between every step (ASK, TRYAGAIN, then MOVED on the way)."""
+    tag = f"{{{prefix}:hot}}"
+    hot = [f"{tag}:node:{n}:traffic" for n in range(40)]
+    cold = [f"{prefix}:node:{n}:traffic" for n in range(20)]
+    slot = key_slot(hot[0])
+    produced: Counter[tuple[str, str]] = Counter()
+    sums = Sums()
+    rng = random.Random(3)
+    attempts = {"n": 0, "errors": 0}
+    moved = trio.Event()
+
+    def produce() -> None:
+        for _ in range(30):
+            key = rng.choice(hot if rng.random() < 0.8 else cold)
+            client.hincrby(key, "upload", 1)
+            produced[key, "upload"] += 1
+
+    def step() -> None:  # between two MIGRATE batches: produce, then let a flush try
+        produce()
+        seen = attempts["n"]
+        wait_for_sync(lambda: attempts["n"] > seen + 1, 60)
+
+    async def flusher() -> None:
+        cs = CounterSnapshots(handle, f"*{prefix}*:node:*:traffic", f"{prefix}:inflight")
+        while True:
+            done = moved.is_set()
+            try:
+                snap = await cs.snapshot(10)
+                if snap is not None:
+                    sums.apply(snap)
+                    await cs.commit(snap)
+            except RedisUnavailable:  # TRYAGAIN mid-move: a restart's fresh state
+                attempts["errors"] += 1
+                cs = CounterSnapshots(handle, cs.pattern, cs.inflight_prefix)
+                snap = None
+            attempts["n"] += 1
+            if snap is None:
+                if done:
+                    return
+                await trio.sleep(0.005)
+
+    produce()
+    masters = redis_cluster.masters_by_port()
+    target = next(port for port in masters if port != redis_cluster.owner(slot))
+
+    async def reshard() -> None:
+        await trio.to_thread.run_sync(
+            lambda: redis_cluster.migrate_slot(slot, target, batch=5, between=step))
+        moved.set()
+
+    with trio.fail_after(120):  # a deadlock guard, not a speed test
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flusher)
+            nursery.start_soon(reshard)
+    assert redis_cluster.owner(slot) == target
+    assert sums.totals == produced
+    assert left(client, prefix) == []
+
+
+async def test_failover_of_the_master_during_flushes_loses_and_doubles_nothing(
+        redis_cluster: LocalCluster, handle: RedisHandle, client: Any, prefix: str) -> None:
+    """CLUSTER FAILOVER on the replica of the master holding the data, with a
+    snapshot in flight there: the promoted replica has it, and finishes it."""
+    if not redis_cluster.running:
+        pytest.skip("needs the cluster this session started")
+    keys = [f"{{{prefix}:hot}}:node:{n}:traffic" for n in range(30)]
+    for n, key in enumerate(keys):
+        client.hincrby(key, "upload", n + 1)
+    sums = Sums()
+    cs = CounterSnapshots(handle, f"*{prefix}*:node:*:traffic", f"{prefix}:inflight")
+    first = await cs.snapshot(10)
+    assert first is not None
+    old = redis_cluster.owner(key_slot(keys[0]))
+    await trio.to_thread.run_sync(redis_cluster.fail_over, old)
+    assert redis_cluster.owner(key_slot(keys[0])) != old
+    for n, key in enumerate(keys):  # the application writes on, to the new master
+        client.hincrby(key, "upload", n + 1)
+    with trio.fail_after(60):  # a deadlock guard, not a speed test
+        snap: Any = first
+        while snap is not None:
+            sums.apply(snap)
+            try:
+                await cs.commit(snap)
+            except RedisUnavailable:
+                cs = CounterSnapshots(handle, cs.pattern, cs.inflight_prefix)
+            snap = await cs.snapshot(10)
+    assert sums.totals == Counter({(key, "upload"): 2 * (n + 1) for n, key in enumerate(keys)})
     assert left(client, prefix) == []

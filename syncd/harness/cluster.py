@@ -137,6 +137,84 @@ class LocalCluster:
         return True if (masters, replicas) == (self.masters, self.masters) else (
             f"{masters} masters, {replicas} replicas with their link up")
 
+    def masters_by_port(self) -> dict[int, str]:
+        """Port → node id of each master."""
+        out = {}
+        for port in self.ports:
+            with self.node(port) as client:
+                if client.info("replication")["role"] == "master":
+                    out[port] = client.execute_command("CLUSTER", "MYID").decode()
+        return out
+
+    def owner(self, slot: int) -> int:
+        """The port of the master serving ``slot``."""
+        with self.node(self.ports[0]) as client:
+            for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return int(master[1])
+        raise LookupError(f"slot {slot} is not served")
+
+    def migrate_slot(self, slot: int, to_port: int, batch: int = 10,
+                     between: object = None) -> None:
+        """Move ``slot`` to the master on ``to_port`` as ``redis-cli --cluster
+        reshard`` does: IMPORTING/MIGRATING, MIGRATE the keys a few at a time
+        (``between()`` is called after each step, so a test can interleave
+        work), then SETSLOT NODE on every master. Clients see ASK and TRYAGAIN
+        during the move and MOVED after it."""
+        masters = self.masters_by_port()
+        from_port = self.owner(slot)
+        if from_port == to_port:
+            return
+        source, target = self.node(from_port), self.node(to_port)
+        try:
+            target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", masters[from_port])
+            source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", masters[to_port])
+            while keys := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+                source.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000,
+                                       "KEYS", *keys)
+                if callable(between):
+                    between()
+            for port in masters:
+                with self.node(port) as client:
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", masters[to_port])
+        finally:
+            source.close()
+            target.close()
+
+    @property
+    def running(self) -> bool:
+        """Whether this object started the nodes (not so for a given URL)."""
+        return bool(self._procs)
+
+    def fail_over(self, master_port: int) -> None:
+        """``CLUSTER FAILOVER`` on a replica of the master on ``master_port``;
+        return once the replica serves that master's slots and the old master
+        follows it (a coordinated failover: no acknowledged write is lost)."""
+        with self.node(master_port) as master:
+            master_id = master.execute_command("CLUSTER", "MYID").decode()
+        replica = None
+        for port in self.ports:
+            with self.node(port) as client:
+                info = client.info("replication")
+                if info["role"] == "slave" and int(info["master_port"]) == master_port:
+                    replica = port
+        if replica is None:
+            raise LookupError(f"no replica follows {master_port}")
+        with self.node(replica) as client:
+            client.execute_command("CLUSTER", "FAILOVER")
+
+        def switched() -> bool | str:
+            with self.node(replica) as client:
+                if client.info("replication")["role"] != "master":
+                    return "replica not promoted yet"
+            with self.node(master_port) as client:
+                info = client.info("replication")
+                if info["role"] != "slave" or info.get("master_link_status") != "up":
+                    return f"old master {master_id}: {info['role']}"
+            return self.healthy()
+
+        _wait("the failover", switched)
+
     def stop(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL after a bound) and wait for it."""
         for proc in self._procs:
