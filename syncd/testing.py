@@ -25,7 +25,7 @@ import redis.cluster
 import trio
 
 from syncd.harness.cluster import LocalCluster
-from syncd.harness.env import connector, dialect_of
+from syncd.harness.env import connector, dialect_of, redis_client_for
 
 __all__ = [
     "MYSQL_URL", "PG_URL", "REDIS_URL", "LocalCluster", "connector", "daemon_config",
@@ -33,7 +33,7 @@ __all__ = [
     "wait_for_sync",
 ]
 
-from syncd.redis import RedisHandle, is_cluster_url, parse_cluster_url, scan_masters
+from syncd.redis import RedisHandle, parse_cluster_url, scan_masters
 
 REDIS_URL = os.environ.get("SYNCD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_URL = os.environ.get("SYNCD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -78,19 +78,6 @@ def delete_keys(prefix: str, url: str | None = None) -> None:
             pass
         finally:
             client.close()
-
-
-def redis_client_for(url: str) -> Any:
-    """A plain sync redis-py client on ``url``: `redis.Redis`, or a
-    `redis.cluster.RedisCluster` for ``redis+cluster://`` (as a test's
-    "application" would use)."""
-    if not is_cluster_url(url):
-        return redis.Redis.from_url(url)
-    parsed = parse_cluster_url(url)
-    return redis.cluster.RedisCluster(
-        startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in parsed.nodes],
-        username=parsed.username, password=parsed.password,
-        socket_timeout=10, socket_connect_timeout=5)
 
 
 #: URLs of the clusters this session started (`delete_keys` cleans them too).
