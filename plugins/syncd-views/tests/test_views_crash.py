@@ -47,10 +47,11 @@ async def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int
     return proc.returncode
 
 
-@pytest.mark.parametrize(("db_url", "views_redis_url"),
-                         [("pg", "redis"), ("mysql", "redis"), ("pg", "cluster")],
-                         indirect=True)
-@pytest.mark.parametrize("point", ["after_snapshot", "after_commit"])
+@pytest.mark.parametrize(("db_url", "views_redis_url", "point"), [
+    ("pg", "redis", "after_snapshot"), ("pg", "redis", "after_commit"),
+    ("mysql", "redis", "after_snapshot"), ("mysql", "redis", "after_commit"),
+    ("pg", "cluster", "after_commit"),
+], indirect=["db_url", "views_redis_url"])
 async def test_kill_and_restart(
     env: syncd.WorkloadEnv, workload: ViewsWorkload, db_url: str, point: str, tmp_path: Path,
     views_redis_url: str,
