@@ -10,8 +10,8 @@ thread can take an item after its task is gone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
 import attrs
@@ -116,6 +116,16 @@ def one_node_url(url: str) -> str:
     if parsed.username or parsed.password:
         auth = f"{quote(parsed.username or '', safe='')}:{quote(parsed.password or '', safe='')}@"
     return f"redis://{auth}{host}:{port}/0"
+
+
+def pipeline_script(pipe: Any, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
+    """Queue a registered ``script`` on ``pipe`` (EVALSHA), or as EVAL on a cluster
+    pipeline, which refuses EVALSHA (redis-py groups its commands by node and
+    cannot load a missing script mid-way)."""
+    if isinstance(pipe, redis.cluster.ClusterPipeline):
+        pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
+    else:
+        script(keys=list(keys), args=list(args), client=pipe)
 
 
 def is_cluster(client: object) -> bool:

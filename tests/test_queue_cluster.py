@@ -16,9 +16,10 @@ import pytest
 from syncd.deadletter import DeadLetter
 from syncd.queue import ReliableQueue
 from syncd.redis import RedisHandle, scan_masters
+from syncd.restore import GONE, REQUEUED, Restore, requeue_entries
 from syncd.testing import redis_client_for
 
-from . import test_queue
+from . import test_deadletter, test_queue
 
 REUSED = [
     "test_fifo_order_across_batches",
@@ -73,3 +74,26 @@ async def test_dead_letters_in_and_outside_the_slot(
     assert client.lrange(there, 0, -1) == [letters[1].encode()]
     names = {key.decode() for key in scan_masters(client, match=f"*{prefix}*")}
     assert f"{{{source}}}:consumers" in names  # the registry lives in the source's slot
+
+
+async def test_requeue_on_the_cluster_within_the_slot_and_refused_across(
+        handle: RedisHandle, client: Any, prefix: str) -> None:
+    """Dead letters go back when their source shares the list's slot (many to
+    a script, sent as EVAL in a cluster pipeline); an item whose source is in
+    another slot is refused with the reason and stays."""
+    dead, q, elsewhere = f"{{{prefix}}}:dead", f"{{{prefix}}}:q", f"{prefix}:q"
+    raws = [f"e{i}".encode() for i in range(30)] + [b"far"]
+    client.rpush(dead, *raws)
+    items = [(raw, [Restore.rpush(q, raw)]) for raw in raws[:-1]]
+    items.append((b"far", [Restore.rpush(elsewhere, b"far")]))
+    outcomes = await requeue_entries(handle, "p", dead, items, round_trip_items=10)
+    assert outcomes[:-1] == [REQUEUED] * 30
+    assert outcomes[-1].startswith(f"on Redis Cluster, {dead} and {elsewhere} must share")
+    assert client.lrange(q, 0, -1) == raws[:-1]
+    assert client.lrange(dead, 0, -1) == [b"far"] and not client.exists(elsewhere)
+    assert await requeue_entries(handle, "p", dead, items[:3]) == [GONE] * 3  # replayed
+
+
+async def test_dead_letters_pushed_to_lists_in_several_slots(
+        handle: RedisHandle, client: Any, prefix: str) -> None:
+    await test_deadletter.test_push_count_read_round_trip_large_and_binary(handle, client, prefix)
