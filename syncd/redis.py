@@ -130,7 +130,54 @@ def pipeline_script(pipe: Any, script: Any, keys: Sequence[Any], args: Sequence[
 
 def is_cluster(client: object) -> bool:
     """Whether ``client`` is a Redis Cluster client (`RedisHandle.cluster` for a bare client)."""
-    return isinstance(client, redis.cluster.RedisCluster)
+    return isinstance(client, redis.cluster.RedisCluster | LazyCluster)
+
+
+class LazyCluster:
+    """A `redis.cluster.RedisCluster` made on first use, standing in for it.
+
+    RedisCluster connects in its constructor (it reads the slot map), unlike
+    redis.Redis. Built lazily, a daemon whose cluster is not up yet starts
+    like one whose single Redis is not: its first command fails with a
+    connection error (`RedisUnavailable` through `RedisHandle.run`) and the
+    supervisor retries. The first command runs in a worker thread, so the
+    connect never blocks Trio. Scripts can be registered before that.
+    """
+
+    def __init__(self, factory: Callable[[], redis.cluster.RedisCluster]) -> None:
+        import threading
+
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._client: redis.cluster.RedisCluster | None = None
+
+    def _real(self) -> redis.cluster.RedisCluster:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    try:
+                        self._client = self._factory()
+                    except redis.exceptions.RedisClusterException as exc:
+                        # "cannot be connected": away, like a refused connection.
+                        raise redis.ConnectionError(str(exc)) from exc
+        return self._client
+
+    def register_script(self, script: str) -> Any:
+        from redis.commands.core import Script
+
+        return Script(self, script)
+
+    def get_encoder(self) -> Any:
+        from redis.connection import Encoder
+
+        return Encoder("utf-8", "strict", False)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
 
 
 def scan_masters(
@@ -191,7 +238,7 @@ class RedisHandle:
     """
 
     url: str
-    client: redis.Redis | redis.cluster.RedisCluster
+    client: Any  # redis.Redis, or a LazyCluster standing in for redis.cluster.RedisCluster
     limiter: trio.CapacityLimiter
     on_error: Callable[[BaseException], None] | None = None
 
@@ -216,10 +263,9 @@ class RedisHandle:
         """
         if is_cluster_url(url):
             parsed = parse_cluster_url(url)
-            # Unlike redis.Redis, RedisCluster connects here: it reads the
-            # slot map from the first startup node that answers.
-            try:
-                cluster = redis.cluster.RedisCluster(
+            # RedisCluster connects in its constructor: made on first use.
+            def connect() -> redis.cluster.RedisCluster:
+                return redis.cluster.RedisCluster(
                     startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in parsed.nodes],
                     username=parsed.username,
                     password=parsed.password,
@@ -230,9 +276,8 @@ class RedisHandle:
                     health_check_interval=30,
                     decode_responses=False,
                 )
-            except (*CONNECTION_ERRORS, redis.exceptions.RedisClusterException) as exc:
-                raise RedisUnavailable(
-                    f"redis {mask_url(url)}: {scrub(str(exc), url)}") from exc
+
+            cluster = LazyCluster(connect)
             return cls(url, cluster, trio.CapacityLimiter(pool_size), on_error)
         client = redis.Redis.from_url(
             url,

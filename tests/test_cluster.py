@@ -60,3 +60,15 @@ class TestHandle:
             assert client.keyslot(f"{prefix}:a") == key_slot(f"{prefix}:a".encode())
         finally:
             client.close()
+
+    async def test_a_cluster_not_up_yet_is_unavailable_not_a_crash(self) -> None:
+        """Built without connecting (as a single-node handle is); the first
+        command says Redis is away, and the supervisor retries."""
+        from syncd.errors import RedisUnavailable
+
+        handle = RedisHandle.from_url("redis+cluster://127.0.0.1:1", pool_size=2,
+                                      socket_timeout=1.0)
+        assert handle.cluster
+        with pytest.raises(RedisUnavailable, match=r"redis\+cluster://127\.0\.0\.1:1"):
+            await handle.ping()
+        handle.close()
