@@ -25,7 +25,6 @@ REUSED = [
     "test_fifo_order_across_batches",
     "test_cancelled_take_loses_nothing",
     "test_stale_or_wrong_ack_does_nothing",
-    "test_heartbeat_registry_and_clean_close",
     "test_claim_empty_orphan_deregisters_it",
     "test_reclaim_while_the_dead_consumer_restarts",
     "test_reclaimed_batch_acked_by_claimer_deregisters_orphan",

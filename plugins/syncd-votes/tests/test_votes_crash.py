@@ -108,7 +108,6 @@ class TestCrash:
 class TestReplicas:
     """Two daemons on one queue; one is killed holding batches, the other finishes them."""
 
-    @pytest.mark.parametrize("votes_redis_url", ["redis", "cluster"], indirect=True)
     def test_reclaim_from_killed_replica(self, mysql_votes: Votes, tmp_path: Path) -> None:
         votes = mysql_votes
         votes.workload.produce(votes.env, 0, 2000)
