@@ -5,7 +5,9 @@ PostgreSQL and MariaDB URLs (override with ``SYNCD_TEST_REDIS_URL``,
 ``SYNCD_TEST_PG_URL``, ``SYNCD_TEST_MYSQL_URL``), a unique ``prefix`` for key
 and table names so tests never see each other's data, `run_daemon` to
 run a whole daemon in the test's nursery, and `wait_for` / `wait_for_sync`
-to wait for a condition instead of sleeping and hoping.
+to wait for a condition instead of sleeping and hoping. ``redis_cluster``
+starts a real local Redis Cluster once per session (``redis_cluster_url``,
+``any_redis_url`` to run a test on both, ``redis_client_for``).
 """
 
 from __future__ import annotations
