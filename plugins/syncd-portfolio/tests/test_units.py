@@ -240,16 +240,3 @@ class TestProtocol:
             assert client.script_exists(protocol._sha["moveToActive"]) == [True]
         finally:
             client.close()
-
-
-class TestCluster:
-    """BullMQ on Redis Cluster is a known limit: said in one line, not a traceback later."""
-
-    def test_refused_with_one_line(self) -> None:
-        from types import SimpleNamespace
-
-        from syncd_portfolio.worker import PortfolioWorker
-
-        ctx = SimpleNamespace(redis=SimpleNamespace(cluster=True), config=None)
-        with pytest.raises(ConfigError, match="does not run on Redis Cluster"):
-            PortfolioWorker(ctx)  # type: ignore[arg-type]
