@@ -32,13 +32,13 @@ from syncd.errors import (
 from syncd.faults import crash_point
 from syncd.gate import PauseGate
 from syncd.hookspecs import hookimpl, hookspec
-from syncd.keys import hash_tag, slot_key
+from syncd.keys import derived_key, hash_tag, slot_key
 from syncd.lease import Fence
 from syncd.metrics import PluginMetrics
 from syncd.panel import Action, Panel, Table
 from syncd.plugin import PluginContext, PluginSpec, Route, SyncResult, Worker
 from syncd.queue import Batch, ReliableQueue
-from syncd.redis import RedisHandle
+from syncd.redis import RedisHandle, is_cluster, one_node_url, scan_masters
 from syncd.restore import NotRequeueable, Restore
 from syncd.sql import Database, Transaction
 from syncd.supervisor import error_kind
@@ -92,10 +92,14 @@ __all__ = [
     "__version__",
     "counter_letter",
     "crash_point",
+    "derived_key",
     "error_kind",
     "hash_tag",
     "hookimpl",
     "hookspec",
+    "is_cluster",
+    "one_node_url",
     "push_dead_letters",
+    "scan_masters",
     "slot_key",
 ]

@@ -299,10 +299,13 @@ def bench(plugins: tuple[str, ...], databases: tuple[str, ...], items: int, repe
 @click.option("--replicas", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Daemons side by side (then also SIGSTOP/SIGCONT of one at random).")
 @redis_option
+@click.option("--redis-cluster", is_flag=True,
+              help="Run on a local Redis Cluster (3 masters, 3 replicas) started for the run; "
+                   "or pass --redis redis+cluster://host:port,... for one of yours.")
 @out_option
 def chaos(plugins: tuple[str, ...], databases: tuple[str, ...], kills: int, rate: float,
           duration_cap: float, drain_timeout: float, seed: int | None, replicas: int,
-          redis_url: str | None, out: str) -> None:
+          redis_url: str | None, redis_cluster: bool, out: str) -> None:
     """Kill syncd in every way under load, then check every item arrived exactly once.
 
     Producers run at --rate while `syncd serve` is SIGKILLed and restarted,
@@ -313,11 +316,30 @@ def chaos(plugins: tuple[str, ...], databases: tuple[str, ...], kills: int, rate
     SIGTERM, and the tally must show nothing lost or doubled. Writes
     <out>/chaos-<UTC timestamp>.md and .json. Exit 1 on any loss or duplicate.
     """
+    import tempfile
     from pathlib import Path
 
     from syncd.harness.chaos import ChaosOptions
+    from syncd.harness.cluster import LocalCluster
     from syncd.harness.commands import chaos_main
 
+    if redis_cluster:
+        if redis_url:
+            raise click.UsageError("--redis-cluster starts its own cluster: drop --redis")
+        if not LocalCluster.available():
+            raise click.UsageError("--redis-cluster needs redis-server and redis-cli installed")
+        with tempfile.TemporaryDirectory(prefix="syncd-chaos-cluster-") as folder:
+            cluster = LocalCluster(Path(folder)).start()
+            try:
+                click.echo(f"[chaos] local Redis Cluster: {cluster.url}", err=True)
+                ctx = click.get_current_context()
+                ctx.invoke(chaos, plugins=plugins, databases=databases, kills=kills, rate=rate,
+                           duration_cap=duration_cap, drain_timeout=drain_timeout, seed=seed,
+                           replicas=replicas, redis_url=cluster.url, redis_cluster=False,
+                           out=out)
+            finally:
+                cluster.stop()
+        return
     options = ChaosOptions(
         plugins=plugins, databases=databases, kills=kills, rate=rate,
         duration_cap=duration_cap, drain_timeout=drain_timeout, replicas=replicas,

@@ -121,7 +121,8 @@ def _check_lease_ttl(attribute: attrs.Attribute[Any] | None, value: float) -> No
 @attrs.frozen
 class RedisConfig:
     """Attributes:
-    url: ``redis://[:password@]host:port/db`` (``rediss://`` for TLS).
+    url: ``redis://[:password@]host:port/db`` (``rediss://`` for TLS), or a
+        Redis Cluster: ``redis+cluster://[:password@]host:port[,host:port...]``.
     pool_size: Connections (and worker threads) for Redis.
     """
 
@@ -368,6 +369,14 @@ def _check_redis_url(url: str) -> None:
     number or option is a config error naming the key, not a traceback."""
     import redis  # late, like the SQL drivers
 
+    from syncd.redis import is_cluster_url, parse_cluster_url
+
+    if is_cluster_url(url):
+        try:
+            parse_cluster_url(url)
+        except ValueError as exc:
+            raise ConfigError("redis.url", f"{exc} (got {mask_url(url)})") from None
+        return
     try:
         parts = urlsplit(url)
         redis.ConnectionPool.from_url(url)

@@ -460,8 +460,11 @@ class CounterFlusher:
             more = True
             if not snapshot.recovered:
                 budget -= len(snapshot)
-                more = len(snapshot) >= batch_size and budget > 0
-                walked = len(snapshot) < batch_size
+                # On a cluster a snapshot holds one slot's counters, so it
+                # is often short of batch_size while more are waiting.
+                full = len(snapshot) >= batch_size or snapshot.more
+                more = full and budget > 0
+                walked = not full
             box: list[Taken | None] = [None]
             try:
                 async with trio.open_nursery() as nursery:
@@ -587,12 +590,16 @@ class CounterFlusher:
     async def _lanes_in_flight_first(self) -> list[CounterSnapshots]:
         """The lanes, one holding a snapshot first: a failed flush may have left
         one in flight, and it must not wait for a restart to be finished."""
+        if self.ctx.redis.cluster:
+            held = await self.ctx.redis.run(
+                lambda client: [lane.has_in_flight(client) for lane in self.lanes])
+            return sorted(self.lanes, key=lambda lane: not held[self.lanes.index(lane)])
         keys = [lane.current_key for lane in self.lanes]
         current = await self.ctx.redis.run(lambda client: client.mget(keys))
         return sorted(self.lanes, key=lambda lane: current[self.lanes.index(lane)] is None)
 
     async def _in_flight(self, lane: CounterSnapshots) -> bool:
-        return bool(await self.ctx.redis.run(lambda client: client.exists(lane.current_key)))
+        return bool(await self.ctx.redis.run(lane.has_in_flight))
 
 
 def _order(key: Any) -> tuple[int, Any]:

@@ -42,10 +42,34 @@ match the pattern is not a counter of ours and is left alone rather than
 blocking every flush. Bad *values* are the caller's to judge; it passes them
 to `CounterSnapshots.commit` as dead letters.
 
-Cluster: no key name is computed inside Lua (the scripts get every key in
-KEYS), but one snapshot moves keys from many hash slots in one script, which
-Redis Cluster refuses. Single-node Redis is the target; a Cluster deployment
-would need one snapshot per slot (or hash-tagged counter keys).
+Redis Cluster (``redis+cluster://``): a script may only touch keys of one
+hash slot, so there a snapshot is made of **parts, one per slot**: SCAN
+walks every master (a cursor per master, resumed like the single-node
+cursor), the keys found are grouped by slot, and one script per slot moves
+that slot's counters into the part ``{<tag>}:{inflight_prefix}:{id}``, where
+``<tag>`` is a short string chosen (`slot_tag`) to hash to that slot. Each
+part is atomic like a single-node snapshot; the snapshot (its parts
+together) has one id, one ledger entry and one SQL transaction, so a
+cluster snapshot is as large as a single-node one (``max_keys``) whatever
+the slots.
+
+Finding every snapshot in flight after a crash, on every master: before
+any part is taken, the snapshot's **manifest** (its slots) is written to
+the lane's registry, a hash ``{inflight_prefix}:snapshots`` (id →
+manifest): a write-ahead record, so a part can exist only under a
+manifest. Recovery reads the registry and, before reading a snapshot's
+parts, **closes** it: ``{<tag>}:{inflight_prefix}:{id}:closed`` in each of
+its slots (a day's TTL), which the part script checks, so no part of that
+snapshot can be taken afterwards (by its first owner, paused or still
+running). The parts read after closing are then final: every replica that
+applies the snapshot applies the same parts, and the ledger lets one
+through. (Without the close, an owner still taking parts could add one
+after a replica applied the snapshot, and commit would delete it unapplied.)
+A slot's part moves with its slot when the cluster reshards. Commit pushes
+the dead letters (each list at most once per snapshot: a marker
+``{list}:pushed:<id>`` beside the list, a day), deletes the parts, then the
+manifest; a crash in between leaves a manifest whose parts are gone or
+fewer, which recovery finds already in the ledger and finishes.
 
 Several replicas: a replica that finds another's snapshot in flight gets it
 too (``recovered``); both may apply it, the ledger lets only one through, and
@@ -54,15 +78,21 @@ only one commit removes it. A lease (DESIGN.md §7) avoids the wasted work.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import msgpack
+from redis import exceptions as redis_exceptions
 
 from syncd.deadletter import DeadLetter, script_args
+from syncd.keys import slot_key
+from syncd.redis import is_cluster, node_scan
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -136,6 +166,56 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
+# Cluster: push one snapshot's dead letters to one list at most once.
+# KEYS: the list, its marker for this snapshot. ARGV: marker TTL (s), entries.
+_PUSH_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) == false then return 0 end
+for first = 2, #ARGV, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+end
+return 1
+"""
+
+#: How long a cluster dead-letter push marker lasts: longer than any replay.
+_PUSHED_TTL = 86_400
+
+#: How long the mark that closes a recovered cluster snapshot lasts.
+_CLOSED_TTL = 86_400
+
+# Cluster: take one slot's counters into a part of snapshot ARGV[1], unless
+# the snapshot was closed by a recovery. The single-node script without the
+# ``current`` key: KEYS[1] is the snapshot's "closed" mark in this slot.
+_PART = _SNAPSHOT.replace("redis.call('SET', KEYS[1], ARGV[1])\n", "")
+
+#: Hash slots of a Redis Cluster.
+SLOTS = 16384
+
+
+@functools.cache
+def _slot_tags() -> tuple[str, ...]:
+    """For each slot, the shortest hex string that hashes to it (0.4 s, once)."""
+    from redis.crc import key_slot
+
+    tags: dict[int, str] = {}
+    i = 0
+    while len(tags) < SLOTS:
+        tag = format(i, "x")
+        tags.setdefault(key_slot(tag.encode()), tag)
+        i += 1
+    return tuple(tags[slot] for slot in range(SLOTS))
+
+
+def slot_tag(slot: int) -> str:
+    """A hash tag (``{<it>}``) that puts a key in Cluster slot ``slot``."""
+    return _slot_tags()[slot]
+
+
+def key_slot(key: bytes | str) -> int:
+    """The Cluster hash slot of ``key`` (its hash tag's, if it has one)."""
+    from redis.crc import key_slot as crc_slot
+
+    return crc_slot(key.encode() if isinstance(key, str) else key)
+
 
 @attrs.frozen
 class Snapshot:
@@ -151,12 +231,16 @@ class Snapshot:
         recovered: Found in flight (left over from a crash, or another
             replica's): it may already be applied, so the ledger decides.
         kind: Of the counters: ``"hash"`` or ``"string"``.
+        more: Counters are known to be waiting beyond this snapshot although
+            it is smaller than asked (on a cluster, where a snapshot holds one
+            slot's counters): a flush goes on.
     """
 
     id: str
     raw: list[Any] = attrs.field(repr=lambda raw: f"<{len(raw) // 2} counters>")
     recovered: bool = False
     kind: Kind = "hash"
+    more: bool = False
 
     def __len__(self) -> int:
         return len(self.raw) // 2
@@ -235,11 +319,17 @@ class CounterSnapshots:
     scan_count: int = 1000
     _cursor: int = attrs.field(init=False, default=0, repr=False)
     _scripts: dict[str, Any] = attrs.field(init=False, repr=False, factory=dict)
+    # Cluster only: a SCAN cursor per master (by node name), and the keys
+    # scanned but not taken yet, by slot.
+    _cursors: dict[str, int] = attrs.field(init=False, repr=False, factory=dict)
+    _waiting: dict[int, list[bytes]] = attrs.field(init=False, repr=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         client = self.redis.client
         self._scripts["snapshot"] = client.register_script(_SNAPSHOT)
         self._scripts["commit"] = client.register_script(_COMMIT)
+        self._scripts["push_once"] = client.register_script(_PUSH_ONCE)
+        self._scripts["part"] = client.register_script(_PART)
 
     # -- key names -----------------------------------------------------------------
 
@@ -250,6 +340,15 @@ class CounterSnapshots:
     def snapshot_key(self, snapshot_id: str) -> str:
         """The hash holding snapshot ``snapshot_id`` (its data and count)."""
         return _snapshot_key(self.inflight_prefix, snapshot_id)
+
+    @property
+    def registry_key(self) -> str:
+        """Cluster: the hash of this lane's snapshots in flight (id → manifest)."""
+        return _registry_key(self.inflight_prefix)
+
+    def _slot_prefix(self, slot: int) -> str:
+        """Cluster: the in-flight prefix of ``slot``, tagged to live there."""
+        return _slot_prefix(self.inflight_prefix, slot)
 
     # -- snapshot ------------------------------------------------------------------
 
@@ -264,6 +363,8 @@ class CounterSnapshots:
         return await self.redis.run(self._snapshot, max_keys)
 
     def _snapshot(self, client: redis_py.Redis, max_keys: int) -> Snapshot | None:
+        if is_cluster(client):
+            return self._cluster_snapshot(client, max_keys)
         # The script itself refuses to take while a snapshot is in flight and
         # _take then loads that one, so the in-flight check costs a round
         # trip of its own only when there is nothing to take. Retried only
@@ -297,6 +398,140 @@ class CounterSnapshots:
         if len(reply) == 1:  # every key vanished (expired) since the SCAN
             return None
         return Snapshot(snapshot_id, _unpack(reply[1]), recovered=False, kind=self.kind)
+
+    # -- cluster: one part per slot --------------------------------------------------
+
+    def _cluster_snapshot(self, client: Any, max_keys: int) -> Snapshot | None:
+        """A snapshot of up to ``max_keys`` counters from any slots, the one in
+        flight first (see the module doc)."""
+        found = self._cluster_recover(client)
+        if found is not None:
+            return found
+        # Keys scanned earlier may have been taken since (another lane, a
+        # replica): the scripts skip them, and an empty take moves on. The
+        # bound keeps one call's work finite; None then just means "not now".
+        for _ in range(8):
+            if not self._waiting and not self._cluster_scan(client, max_keys):
+                return None
+            groups: dict[int, list[bytes]] = {}
+            count = 0
+            for slot in sorted(self._waiting, key=lambda s: -len(self._waiting[s])):
+                if count >= max_keys:
+                    break
+                keys = self._waiting.pop(slot)
+                if count + len(keys) > max_keys:
+                    self._waiting[slot] = keys[max_keys - count:]
+                    keys = keys[:max_keys - count]
+                groups[slot] = keys
+                count += len(keys)
+            taken = self._cluster_take(client, groups)
+            if taken is not None:
+                return taken
+        return None
+
+    def _cluster_scan(self, client: Any, max_keys: int) -> int:
+        """Fill `_waiting` with up to ``max_keys`` keys from every master; how many.
+
+        One cursor per master, resumed across calls (as `_scan` does on one
+        node); the walk ends at ``max_keys`` or once every master was walked
+        through to its end.
+        """
+        skip = self.inflight_prefix.encode() + b":"
+        registry = self.registry_key.encode()
+        masters = sorted(client.get_primaries(), key=lambda node: node.name)
+        known = {node.name for node in masters}
+        self._cursors = {name: c for name, c in self._cursors.items() if name in known}
+        found: dict[bytes, None] = {}
+        for node in masters:
+            cursor = self._cursors.get(node.name, 0)
+            while len(found) < max_keys:
+                cursor, batch = node_scan(client, node, cursor, self.pattern,
+                                          self.scan_count, self.kind)
+                for key in batch:
+                    if (not key.startswith(skip) and not _is_tagged_inflight(key, skip)
+                            and key != registry):
+                        found[key] = None
+                if cursor == 0:
+                    break
+            self._cursors[node.name] = cursor
+            if len(found) >= max_keys:
+                break
+        for key in found:
+            self._waiting.setdefault(key_slot(key), []).append(key)
+        return len(found)
+
+    def _cluster_take(self, client: Any, groups: dict[int, list[bytes]]) -> Snapshot | None:
+        """Write the manifest, then take each slot's part; None if nothing was there."""
+        snapshot_id = uuid.uuid4().hex
+        slots = sorted(groups)
+        client.hset(self.registry_key, snapshot_id,
+                    json.dumps({"slots": slots, "at": int(time.time())}))
+        raw: list[Any] = []
+        # One script per slot, pipelined on each master's own connection
+        # (EVALSHA: a third of the time redis-py's cluster pipeline takes with
+        # EVAL, measured for 1,000 slots). A part is atomic on its own; if any
+        # fails (a slot moved meanwhile: MOVED, ASK), the snapshot is left to
+        # recovery, which closes it first, through the cluster client.
+        script = self._scripts["part"]
+        replies = []
+        parts = {_snapshot_key(self._slot_prefix(slot), snapshot_id): slot for slot in slots}
+        for node, node_parts in _by_node(client, list(parts)).items():
+            with (_moved_is_try_again(client),
+                  client.get_redis_connection(node).pipeline(transaction=False) as pipe):
+                for part in node_parts:
+                    slot = parts[part]
+                    script(keys=[_closed_key(self._slot_prefix(slot), snapshot_id), part,
+                                 *groups[slot]],
+                           args=[snapshot_id, self.kind, _LUA_CHUNK], client=pipe)
+                replies += pipe.execute()
+        for reply in replies:
+            if reply[0] == 1 and len(reply) > 1:
+                raw += _unpack(reply[1])
+        if not raw:
+            # Every key vanished since the SCAN (or the snapshot was closed
+            # at once by a replica's recovery: it then finishes it).
+            client.hdel(self.registry_key, snapshot_id)
+            return None
+        return Snapshot(snapshot_id, raw, recovered=False, kind=self.kind,
+                        more=bool(self._waiting) or any(self._cursors.values()))
+
+    def _manifests(self, client: Any) -> dict[str, list[int]]:
+        """Snapshot id → its slots, for every snapshot of this lane in flight."""
+        return {_text(sid): json.loads(value)["slots"]
+                for sid, value in client.hgetall(self.registry_key).items()}
+
+    def _cluster_recover(self, client: Any) -> Snapshot | None:
+        """The first snapshot in flight, closed and read whole; drop empty ones."""
+        for snapshot_id, slots in sorted(self._manifests(client).items()):
+            raw = _close_and_read(client, self.inflight_prefix, snapshot_id, slots)
+            if raw:
+                return Snapshot(snapshot_id, raw, recovered=True, kind=self.kind, more=True)
+            # Nothing taken under it (a crash before any part), or committed
+            # but for the manifest: either way there is nothing to apply.
+            client.hdel(self.registry_key, snapshot_id)
+        return None
+
+    def _cluster_commit(self, client: Any, snapshot: Snapshot,
+                        dead_letters: Sequence[DeadLetter]) -> bool:
+        value = client.hget(self.registry_key, snapshot.id)
+        if value is None:
+            return False  # committed already (a replica, or this call replayed)
+        slots = json.loads(value)["slots"]
+        by_list: dict[str, list[bytes]] = {}
+        for entry in dead_letters:
+            by_list.setdefault(entry.key, []).append(entry.encode())
+        for key, payloads in by_list.items():
+            self._scripts["push_once"](
+                keys=[key, slot_key(key, "pushed", snapshot.id)],
+                args=[_PUSHED_TTL, *payloads], client=client)
+        keys = [_snapshot_key(self._slot_prefix(slot), snapshot.id) for slot in slots]
+        for node, node_keys in _by_node(client, keys).items():
+            with (_moved_is_try_again(client),
+                  client.get_redis_connection(node).pipeline(transaction=False) as pipe):
+                for key in node_keys:
+                    pipe.unlink(key)
+                pipe.execute()
+        return bool(client.hdel(self.registry_key, snapshot.id))
 
     def _scan(self, client: redis_py.Redis, max_keys: int) -> list[bytes]:
         """Up to ``max_keys`` distinct counter keys, resuming where the last scan stopped.
@@ -352,6 +587,8 @@ class CounterSnapshots:
         committed (by a replica, or by this very call replayed after a lost
         reply) and nothing was done.
         """
+        if self.redis.cluster:
+            return await self.redis.run(self._cluster_commit, snapshot, dead_letters)
         lists, dl_args = script_args(dead_letters)
         script = self._scripts["commit"]
         done = await self.redis.run(
@@ -380,6 +617,15 @@ class CounterSnapshots:
         def count(client: redis_py.Redis) -> int | None:
             skip = self.inflight_prefix.encode() + b":"
             waiting, cursor = 0, 0
+            if is_cluster(client):
+                for key in _scan_all(client, self.pattern, self.scan_count, self.kind, stop):
+                    if key is None:
+                        return None
+                    if not key.startswith(skip) and not _is_tagged_inflight(key, skip):
+                        waiting += 1
+                        if waiting >= cap:
+                            break
+                return min(waiting, cap) + self.in_flight(client)
             while True:
                 cursor, keys = client.scan(
                     cursor, match=self.pattern, count=self.scan_count, _type=self.kind)
@@ -400,7 +646,103 @@ class CounterSnapshots:
     def count_in_flight(client: redis_py.Redis, inflight_prefix: str) -> int:
         """`in_flight` for any ``inflight_prefix``, from a plain client (test
         harnesses count what is in flight without building the whole thing)."""
+        if is_cluster(client):
+            total = 0
+            for sid, value in client.hgetall(_registry_key(inflight_prefix)).items():
+                with client.pipeline(transaction=False) as pipe:
+                    for slot in json.loads(value)["slots"]:
+                        pipe.hget(_snapshot_key(_slot_prefix(inflight_prefix, slot),
+                                                _text(sid)), "n")
+                    total += sum(int(n or 0) for n in pipe.execute())
+            return total
         current = client.get(_current_key(inflight_prefix))
         if current is None:
             return 0
         return int(client.hget(_snapshot_key(inflight_prefix, _text(current)), "n") or 0)
+
+    def has_in_flight(self, client: redis_py.Redis) -> bool:
+        """Whether this lane holds a snapshot (sync, for a thread)."""
+        if is_cluster(client):
+            return bool(client.hlen(self.registry_key))
+        return bool(client.exists(self.current_key))
+
+
+def _by_node(client: Any, keys: list[str]) -> dict[Any, list[str]]:
+    """``keys`` grouped by the master serving their slot (per the client's slot map)."""
+    out: dict[Any, list[str]] = {}
+    names: dict[str, Any] = {}
+    for key in keys:
+        node = client.nodes_manager.get_node_from_slot(key_slot(key))
+        out.setdefault(names.setdefault(node.name, node), []).append(key)
+    return out
+
+
+@contextlib.contextmanager
+def _moved_is_try_again(client: Any) -> Iterator[None]:
+    """On a master's own connection a moved slot is an error, not a redirect:
+    refresh the slot map and report it as TRYAGAIN (so `RedisHandle.run`
+    says Redis is unavailable and the flush is retried; recovery then goes
+    through the cluster client, which follows redirects)."""
+    try:
+        yield
+    except (redis_exceptions.MovedError, redis_exceptions.AskError) as exc:
+        client.nodes_manager.initialize()
+        raise redis_exceptions.TryAgainError(f"slot moved meanwhile: {exc}") from exc
+
+
+def _registry_key(inflight_prefix: str) -> str:
+    return slot_key(inflight_prefix, "snapshots")
+
+
+def _closed_key(slot_prefix: str, snapshot_id: str) -> str:
+    return f"{slot_prefix}:{snapshot_id}:closed"
+
+
+def _close_and_read(client: Any, inflight_prefix: str, snapshot_id: str,
+                    slots: list[int]) -> list[Any]:
+    """Close snapshot ``snapshot_id`` in each of its slots, then read its parts.
+
+    Closing first makes the read final: a part script that runs after the
+    close refuses, so whoever applies this snapshot applies these parts.
+    """
+    prefixes = [_slot_prefix(inflight_prefix, slot) for slot in slots]
+    with client.pipeline(transaction=False) as pipe:
+        for prefix in prefixes:
+            pipe.set(_closed_key(prefix, snapshot_id), "1", ex=_CLOSED_TTL)
+        pipe.execute()
+    with client.pipeline(transaction=False) as pipe:
+        for prefix in prefixes:
+            pipe.hget(_snapshot_key(prefix, snapshot_id), "data")
+        blobs = pipe.execute()
+    raw: list[Any] = []
+    for blob in blobs:
+        if blob is not None:
+            raw += _unpack(blob)
+    return raw
+
+
+def _slot_prefix(inflight_prefix: str, slot: int) -> str:
+    return f"{{{slot_tag(slot)}}}:{inflight_prefix}"
+
+
+def _is_tagged_inflight(key: bytes, skip: bytes) -> bool:
+    """Whether ``key`` is a cluster in-flight key (``{tag}:<prefix>:...``)."""
+    if not key.startswith(b"{"):
+        return False
+    _, sep, rest = key.partition(b"}:")
+    return bool(sep) and rest.startswith(skip)
+
+
+def _scan_all(client: Any, match: str, count: int, kind: str,
+              stop: Callable[[], bool] | None) -> Iterator[bytes | None]:
+    """Every matching key on every master; None (then stop) once ``stop()`` says so."""
+    for node in client.get_primaries():
+        cursor = 0
+        while True:
+            cursor, batch = node_scan(client, node, cursor, match, count, kind)
+            yield from batch
+            if cursor == 0:
+                break
+            if stop is not None and stop():
+                yield None
+                return

@@ -193,10 +193,18 @@ def _push(client: redis_py.Redis, entries: Sequence[DeadLetter]) -> int:
     # MULTI/EXEC so a batch of dead letters lands all or nothing. If the reply
     # is lost and redis-py retries, entries can be pushed twice: dead letters
     # are at-least-once, which is the right side to err on for evidence.
-    with client.pipeline(transaction=True) as pipe:
-        for entry in entries:
-            pipe.rpush(entry.key, entry.encode())
-        pipe.execute()
+    # On Redis Cluster a transaction holds one slot: one per list's slot.
+    from syncd.redis import is_cluster
+
+    groups: dict[Any, list[DeadLetter]] = {}
+    for entry in entries:
+        slot = client.keyslot(entry.key) if is_cluster(client) else 0  # type: ignore[attr-defined]
+        groups.setdefault(slot, []).append(entry)
+    for group in groups.values():
+        with client.pipeline(transaction=True) as pipe:
+            for entry in group:
+                pipe.rpush(entry.key, entry.encode())
+            pipe.execute()
     return len(entries)
 
 

@@ -11,7 +11,7 @@ it lives in its source's slot on a cluster and costs nothing on one node.
 
 from __future__ import annotations
 
-__all__ = ["hash_tag", "slot_key"]
+__all__ = ["derived_key", "hash_tag", "slot_key"]
 
 
 def hash_tag(key: str) -> str | None:
@@ -45,3 +45,14 @@ def slot_key(base: str, *parts: str) -> str:
     else:
         head = f"{{{base}}}"
     return ":".join((head, *parts))
+
+
+def derived_key(base: str, *parts: str, cluster: bool) -> str:
+    """``base:part:...`` on one Redis node, `slot_key` on a Cluster.
+
+    For names that existed before Cluster support (a queue's processing
+    lists, its registry): single-node deployments keep the names their Redis
+    already holds (a batch in flight across an upgrade is found again),
+    while on a Cluster they are tagged into their base's slot.
+    """
+    return slot_key(base, *parts) if cluster else ":".join((base, *parts))

@@ -42,9 +42,15 @@ disagrees, it returns the whole list. The ack only acts if the id still
 matches. The claim script treats a claim that is already ours as granted.
 
 Every script gets all the keys it touches in KEYS (none is computed in Lua).
-They span several hash slots, so on Redis Cluster the source and its
-dead-letter list need a common hash tag (``{votes}``, ``{votes}:dead``);
-single-node Redis, the target, needs nothing.
+On Redis Cluster a script's keys must share a hash slot, so there every
+derived key is tagged with the source (`syncd.derived_key`):
+``{votes}:processing:web-1``, ``{votes}:consumers``, ``{votes}:consumer:web-1``
+live in the slot of ``votes`` (single-node Redis keeps the untagged names
+above). A dead-letter list in another slot (``votes:dead``) is pushed to
+before the ack, by a script in that list's slot that pushes a batch's
+letters at most once (a marker ``{list}:pushed:<batch id>``, one day);
+one that shares the slot (``{votes}:dead``) goes in the ack itself, as on
+one node.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ import trio
 
 from syncd.deadletter import DeadLetter, script_args
 from syncd.errors import RedisUnavailable
+from syncd.keys import derived_key, slot_key
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -218,6 +225,16 @@ redis.call('DEL', KEYS[2], KEYS[3], KEYS[5])
 return 1
 """
 
+# Cluster: push one batch's dead letters to one list at most once.
+# KEYS: the list, its marker for this batch. ARGV: marker TTL (s), entries.
+_PUSH_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) == false then return 0 end
+for first = 2, #ARGV, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+end
+return 1
+"""
+
 
 @attrs.frozen
 class Batch:
@@ -311,19 +328,22 @@ class ReliableQueue:
 
     @property
     def registry_key(self) -> str:
-        return f"{self.source}:consumers"
+        return self._derive("consumers")
+
+    def _derive(self, *parts: str) -> str:
+        return derived_key(self.source, *parts, cluster=self.redis.cluster)
 
     @property
     def processing_key(self) -> str:
         return self._keys(self.consumer).processing
 
     def _keys(self, consumer: str) -> _Keys:
-        processing = f"{self.source}:processing:{consumer}"
+        processing = self._derive("processing", consumer)
         return _Keys(
             processing=processing,
             batch=f"{processing}:batch",
             sealed=f"{processing}:sealed",
-            heartbeat=f"{self.source}:consumer:{consumer}",
+            heartbeat=self._derive("consumer", consumer),
         )
 
     def _finish_keys(self, keys: _Keys) -> list[str]:
@@ -456,6 +476,8 @@ class ReliableQueue:
         """
         keys = self._keys(batch.consumer)
         mark = "" if batch.consumer == self.consumer else RECLAIMED_BY + self.consumer
+        if self.redis.cluster:
+            dead_letters = await self._push_elsewhere(batch, dead_letters)
         lists, dl_args = script_args(dead_letters)
         if forward_to:
             items = list(batch.items if forward is None else forward)
@@ -481,6 +503,36 @@ class ReliableQueue:
             )
         )
         return bool(done)
+
+    async def _push_elsewhere(
+        self, batch: Batch, dead_letters: Sequence[DeadLetter],
+    ) -> list[DeadLetter]:
+        """Cluster: push the letters bound for lists outside the source's slot
+        (each list at most once per batch); return those the ack pushes itself."""
+        from syncd.counters import key_slot  # the slot arithmetic lives there
+
+        home = key_slot(self.source)
+        same, elsewhere = [], {}
+        for letter in dead_letters:
+            if key_slot(letter.key) == home:
+                same.append(letter)
+            else:
+                elsewhere.setdefault(letter.key, []).append(letter.encode())
+        if elsewhere:
+            script = self._scripts.setdefault(
+                "push_once", self.redis.client.register_script(_PUSH_ONCE))
+
+            def push(client: redis_py.Redis) -> None:
+                # Only if the batch is still ours to finish: a batch another
+                # consumer finished must not gain letters now.
+                if client.get(self._keys(batch.consumer).batch) != batch.id.encode():
+                    return
+                for key, payloads in elsewhere.items():
+                    script(keys=[key, slot_key(key, "pushed", batch.id)],
+                           args=[86_400, *payloads], client=client)
+
+            await self.redis.run(push)
+        return same
 
     # -- liveness and reclaim ------------------------------------------------------
 

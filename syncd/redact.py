@@ -33,7 +33,9 @@ def mask_url(url: str) -> str:
     """
     try:
         parts = urlsplit(url)
-        port = parts.port
+        # A cluster URL lists several host:port (redis+cluster://a:1,b:2),
+        # which urlsplit cannot read as one port: its hosts are kept as written.
+        port = None if parts.scheme.endswith("+cluster") else parts.port
     except ValueError:
         return MASK
     head, qmark, tail = url.partition("?")
@@ -43,6 +45,8 @@ def mask_url(url: str) -> str:
             host = f"[{host}]"
         if port is not None:
             host = f"{host}:{port}"
+        if parts.scheme.endswith("+cluster"):
+            host = parts.netloc.rpartition("@")[2]
         head = head.replace(parts.netloc, f"{parts.username or ''}:{MASK}@{host}", 1)
     if qmark:
         query, hash_, fragment = tail.partition("#")

@@ -10,11 +10,13 @@ thread can take an item after its task is gone.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+from urllib.parse import quote, unquote
 
 import attrs
 import redis
+import redis.cluster
 import trio
 
 from syncd.errors import RedisUnavailable
@@ -26,9 +28,200 @@ T = TypeVar("T")
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
+    # A cluster mid-failover or mid-resharding, once redis-py's own retries
+    # (MOVED, ASK, TRYAGAIN, a refreshed slot map) are spent: away, not a bug.
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
     ConnectionError,
     OSError,
 )
+
+
+#: ``redis.url`` scheme of a Redis Cluster: ``redis+cluster://[user:pw@]host:port[,host:port...]``.
+CLUSTER_SCHEME = "redis+cluster"
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://...``)."""
+    return url.lower().startswith(CLUSTER_SCHEME + "://")
+
+
+@attrs.frozen
+class ClusterURL:
+    """A parsed ``redis+cluster://`` URL.
+
+    Attributes:
+        nodes: ``(host, port)`` of each startup node, in the order written.
+        username: Of the ACL user, if any.
+        password: If any (the same for every node, as Redis Cluster wants).
+    """
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """Parse ``redis+cluster://[user:pw@]host:port[,host:port...]``.
+
+    A cluster has no database number (always 0) and the nodes' own addresses
+    come from CLUSTER SLOTS once one startup node answers, so the URL holds
+    only the startup nodes and the credentials.
+
+    Raises:
+        ValueError: with one line that says what is wrong.
+    """
+    if not is_cluster_url(url):
+        raise ValueError(f"a Redis Cluster URL starts with {CLUSTER_SCHEME}://")
+    rest = url[len(CLUSTER_SCHEME) + 3:]
+    netloc, _, tail = rest.partition("/")
+    netloc, _, query = netloc.partition("?")
+    if tail.strip("/").partition("?")[0] not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0: drop the path")
+    if query or "?" in tail:
+        raise ValueError("a Redis Cluster URL takes no options (?...)")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    nodes = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        host = host.strip("[]")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"each cluster node is host:port, got {item.strip()!r} "
+                f"(e.g. {CLUSTER_SCHEME}://10.0.0.1:7000,10.0.0.2:7000)")
+        nodes.append((host, int(port)))
+    return ClusterURL(tuple(nodes), username, password)
+
+
+def one_node_url(url: str) -> str:
+    """A ``redis://`` URL of one node of ``url`` (``url`` itself unless a cluster).
+
+    For connections that need one node, not a cluster client: a plain
+    SUBSCRIBE, which Redis Cluster serves on any node (PUBLISH reaches
+    every node). The first startup node is taken; the credentials are kept.
+    """
+    if not is_cluster_url(url):
+        return url
+    parsed = parse_cluster_url(url)
+    host, port = parsed.nodes[0]
+    if ":" in host:
+        host = f"[{host}]"
+    auth = ""
+    if parsed.username or parsed.password:
+        auth = f"{quote(parsed.username or '', safe='')}:{quote(parsed.password or '', safe='')}@"
+    return f"redis://{auth}{host}:{port}/0"
+
+
+def pipeline_script(pipe: Any, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
+    """Queue a registered ``script`` on ``pipe`` (EVALSHA), or as EVAL on a cluster
+    pipeline, which refuses EVALSHA (redis-py groups its commands by node and
+    cannot load a missing script mid-way)."""
+    if isinstance(pipe, redis.cluster.ClusterPipeline):
+        pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
+    else:
+        script(keys=list(keys), args=list(args), client=pipe)
+
+
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` is a Redis Cluster client (`RedisHandle.cluster` for a bare client)."""
+    return isinstance(client, redis.cluster.RedisCluster | LazyCluster)
+
+
+class LazyCluster:
+    """A `redis.cluster.RedisCluster` made on first use, standing in for it.
+
+    RedisCluster connects in its constructor (it reads the slot map), unlike
+    redis.Redis. Built lazily, a daemon whose cluster is not up yet starts
+    like one whose single Redis is not: its first command fails with a
+    connection error (`RedisUnavailable` through `RedisHandle.run`) and the
+    supervisor retries. The first command runs in a worker thread, so the
+    connect never blocks Trio. Scripts can be registered before that.
+    """
+
+    def __init__(self, factory: Callable[[], redis.cluster.RedisCluster]) -> None:
+        import threading
+
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._client: redis.cluster.RedisCluster | None = None
+
+    def _real(self) -> redis.cluster.RedisCluster:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    try:
+                        self._client = self._factory()
+                    except redis.exceptions.RedisClusterException as exc:
+                        # "cannot be connected": away, like a refused connection.
+                        raise redis.ConnectionError(str(exc)) from exc
+        return self._client
+
+    def register_script(self, script: str) -> Any:
+        from redis.commands.core import Script
+
+        return Script(self, script)
+
+    def get_encoder(self) -> Any:
+        from redis.connection import Encoder
+
+        return Encoder("utf-8", "strict", False)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
+
+
+def scan_masters(
+    client: redis.Redis | redis.cluster.RedisCluster,
+    match: str | None = None,
+    count: int = 1000,
+    _type: str | None = None,
+) -> Iterator[bytes]:
+    """Every key matching ``match`` (SCAN), on one node or on every master of a cluster.
+
+    A cluster's keys are spread over its masters and SCAN walks one node, so
+    anything that must see every key (counter snapshots, orphan lists, test
+    clean-up) goes through here. Replicas are skipped: they hold copies. A
+    key may be seen twice (SCAN's own guarantee, and a slot migrating
+    between masters during the walk): callers de-duplicate.
+    """
+    if not is_cluster(client):
+        yield from client.scan_iter(match=match, count=count, _type=_type)
+        return
+    for node in client.get_primaries():
+        cursor = 0
+        while True:
+            cursor, batch = node_scan(client, node, cursor, match, count, _type)
+            yield from batch
+            if cursor == 0:
+                break
+
+
+def node_scan(
+    client: redis.cluster.RedisCluster,
+    node: redis.cluster.ClusterNode,
+    cursor: int,
+    match: str | None,
+    count: int,
+    _type: str | None,
+) -> tuple[int, list[bytes]]:
+    """One SCAN page on one cluster node: ``(next cursor, keys)``.
+
+    Sent on the node's own client: SCAN has no key to route by, and a
+    cursor means something only to the node that gave it.
+    """
+    node_client = node.redis_connection or client.get_redis_connection(node)
+    next_cursor, keys = node_client.scan(cursor, match=match, count=count, _type=_type)
+    return int(next_cursor), list(keys)
 
 
 @attrs.define
@@ -45,7 +238,7 @@ class RedisHandle:
     """
 
     url: str
-    client: redis.Redis
+    client: Any  # redis.Redis, or a LazyCluster standing in for redis.cluster.RedisCluster
     limiter: trio.CapacityLimiter
     on_error: Callable[[BaseException], None] | None = None
 
@@ -59,6 +252,33 @@ class RedisHandle:
         on_error: Callable[[BaseException], None] | None = None,
         client_name: str | None = None,
     ) -> RedisHandle:
+        """A handle on ``url``: a single Redis, or a cluster for ``redis+cluster://``.
+
+        The cluster client (redis-py's `RedisCluster`) is shared by worker
+        threads like the single-node one: it keeps a connection pool per node
+        (``pool_size`` connections each) and guards its slot map with a lock,
+        and every command or pipeline takes its own pooled connection. It
+        follows MOVED and ASK by itself and retries TRYAGAIN and a failed-over
+        node (refreshing the slot map), within its retry budget.
+        """
+        if is_cluster_url(url):
+            parsed = parse_cluster_url(url)
+            # RedisCluster connects in its constructor: made on first use.
+            def connect() -> redis.cluster.RedisCluster:
+                return redis.cluster.RedisCluster(
+                    startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in parsed.nodes],
+                    username=parsed.username,
+                    password=parsed.password,
+                    client_name=client_name,
+                    max_connections=pool_size,
+                    socket_timeout=socket_timeout,
+                    socket_connect_timeout=min(socket_timeout, 5.0),
+                    health_check_interval=30,
+                    decode_responses=False,
+                )
+
+            cluster = LazyCluster(connect)
+            return cls(url, cluster, trio.CapacityLimiter(pool_size), on_error)
         client = redis.Redis.from_url(
             url,
             client_name=client_name,
@@ -88,6 +308,13 @@ class RedisHandle:
         """Raise `RedisUnavailable` unless Redis answers PING."""
         await self.run(lambda client: client.ping())
 
+    @property
+    def cluster(self) -> bool:
+        """Whether this is a Redis Cluster: code that must see every key
+        scans every master (`scan_masters`) and keeps a script's keys in one slot."""
+        return is_cluster(self.client)
+
     def close(self) -> None:
         self.client.close()
-        self.client.connection_pool.disconnect()
+        if not self.cluster:
+            self.client.connection_pool.disconnect()

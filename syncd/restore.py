@@ -36,11 +36,11 @@ retrying) finds the entry gone and does nothing.
 
 Redis Cluster runs a script only if all its keys share one hash slot. Items
 whose keys (the dead-letter list and everything the item restores) share the
-dead-letter list's slot are requeued many to a script; any other item gets a
-script of its own, atomic on its own. On a single Redis node, the only
-deployment syncd supports today, every script runs; on a Cluster, an item
-whose source is in another slot than its dead-letter list needs both named
-with one hash tag (``{votes}``, ``{votes}:dead``).
+dead-letter list's slot are requeued many to a script; on a single Redis any
+other item gets a script of its own, atomic on its own. On a cluster such an
+item is refused with the reason (it stays a dead letter): requeueing it
+needs its source and the dead-letter list named with one hash tag
+(``{votes}``, ``{votes}:dead``).
 
 Scripts are sent ``ROUND_TRIP_ITEMS`` items per pipeline, one thread hop
 each; ``crash_point(plugin, "requeue_round_trip")`` sits between two round
@@ -57,6 +57,7 @@ import attrs
 from redis.crc import key_slot
 
 from syncd.faults import crash_point
+from syncd.redis import pipeline_script
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -328,6 +329,14 @@ class _Script:
     items: int
 
 
+def cross_slot_reason(dead_list: str, ops: Sequence[Restore]) -> str:
+    """Why an item cannot be requeued on Redis Cluster: its keys are in other slots."""
+    keys = sorted({_text(op.key_bytes) for op in ops})
+    return (f"on Redis Cluster, {dead_list} and {', '.join(keys)} must share a hash slot "
+            f"to requeue atomically: name them with one hash tag (e.g. {{votes}} and "
+            f"{{votes}}:dead)")
+
+
 def plan(dead_list: str, items: Sequence[tuple[bytes, Sequence[Restore]]]) -> list[_Script]:
     """Pack items into script calls: many to a script while they share the
     dead-letter list's Cluster slot, else one each (see the module docstring)."""
@@ -379,6 +388,19 @@ async def requeue_entries(
     Each outcome is `REQUEUED`, `GONE` or the reason the item was refused.
     ``operations`` must have passed `normalize`.
     """
+    if redis.cluster:
+        # A script on a cluster holds one slot, and taking the entry out of
+        # the list must be atomic with writing its item back: an item whose
+        # keys live elsewhere is refused (and stays) rather than risked.
+        home = key_slot(dead_list.encode())
+        apart = {i: cross_slot_reason(dead_list, ops) for i, (_, ops) in enumerate(items)
+                 if any(key_slot(op.key_bytes) != home for op in ops)}
+        if apart:
+            rest = [item for i, item in enumerate(items) if i not in apart]
+            done = iter(await requeue_entries(redis, plugin, dead_list, rest,
+                                              round_trip_items=round_trip_items,
+                                              progress=progress) if rest else [])
+            return [apart[i] if i in apart else next(done) for i in range(len(items))]
     script = redis.client.register_script(_REQUEUE)
     outcomes: list[str] = []
     trip: list[_Script] = []
@@ -410,7 +432,7 @@ def _pipeline(client: redis_py.Redis, script: Any, calls: list[_Script]) -> list
     # only saves round trips (a cluster client splits it by node).
     with client.pipeline(transaction=False) as pipe:
         for call in calls:
-            script(keys=call.keys, args=call.args, client=pipe)
+            pipeline_script(pipe, script, call.keys, call.args)
         return pipe.execute()
 
 

@@ -5,7 +5,9 @@ PostgreSQL and MariaDB URLs (override with ``SYNCD_TEST_REDIS_URL``,
 ``SYNCD_TEST_PG_URL``, ``SYNCD_TEST_MYSQL_URL``), a unique ``prefix`` for key
 and table names so tests never see each other's data, `run_daemon` to
 run a whole daemon in the test's nursery, and `wait_for` / `wait_for_sync`
-to wait for a condition instead of sleeping and hoping.
+to wait for a condition instead of sleeping and hoping. ``redis_cluster``
+starts a real local Redis Cluster once per session (``redis_cluster_url``,
+``any_redis_url`` to run a test on both, ``redis_client_for``).
 """
 
 from __future__ import annotations
@@ -21,16 +23,19 @@ from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 import trio
 
-from syncd.harness.env import connector, dialect_of
+from syncd.harness.cluster import LocalCluster
+from syncd.harness.env import connector, dialect_of, redis_client_for
 
 __all__ = [
-    "MYSQL_URL", "PG_URL", "REDIS_URL", "connector", "daemon_config", "delete_keys", "dialect_of",
-    "run_daemon", "unique_prefix", "wait_for", "wait_for_sync",
+    "MYSQL_URL", "PG_URL", "REDIS_URL", "LocalCluster", "connector", "daemon_config",
+    "delete_keys", "dialect_of", "redis_client_for", "run_daemon", "unique_prefix", "wait_for",
+    "wait_for_sync",
 ]
 
-from syncd.redis import RedisHandle
+from syncd.redis import RedisHandle, parse_cluster_url, scan_masters
 
 REDIS_URL = os.environ.get("SYNCD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_URL = os.environ.get("SYNCD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -58,17 +63,68 @@ def _prefix() -> Iterator[str]:
     delete_keys(name)
 
 
-def delete_keys(prefix: str) -> None:
-    """Delete every Redis key containing ``prefix`` (tests never FLUSHDB)."""
-    client = redis.Redis.from_url(REDIS_URL)
+def delete_keys(prefix: str, url: str | None = None) -> None:
+    """Delete every Redis key containing ``prefix`` (tests never FLUSHDB), on
+    ``url`` (default: the single test Redis, and the session's cluster if one ran)."""
+    urls = [url] if url else [REDIS_URL, *_CLUSTER_URLS]
+    for each in urls:
+        try:
+            client = redis_client_for(each)
+        except (redis.ConnectionError, redis.exceptions.RedisClusterException):
+            continue  # a test that took Redis away leaves nothing we can reach
+        try:
+            keys = list(dict.fromkeys(scan_masters(client, match=f"*{prefix}*", count=1000)))
+            for i in range(0, len(keys), 1000):
+                client.delete(*keys[i:i + 1000])
+        except (redis.ConnectionError, redis.exceptions.ClusterError):
+            pass
+        finally:
+            client.close()
+
+
+#: URLs of the clusters this session started (`delete_keys` cleans them too).
+_CLUSTER_URLS: list[str] = []
+
+
+@pytest.fixture(name="redis_cluster", scope="session")
+def _redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real local Redis Cluster (3 masters, 3 replicas), once per session.
+
+    ``SYNCD_TEST_REDIS_CLUSTER_URL`` points the tests at an existing cluster
+    instead (its `LocalCluster` then has no processes: tests that fail nodes
+    over skip). Skips when ``redis-server`` is not installed.
+    """
+    given = os.environ.get("SYNCD_TEST_REDIS_CLUSTER_URL")
+    if given:
+        cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+        cluster.ports = [port for _, port in parse_cluster_url(given).nodes]
+        _CLUSTER_URLS.append(given)
+        yield cluster
+        return
+    if not LocalCluster.available():
+        pytest.skip("redis-server / redis-cli not installed (scripts/test installs them)")
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    _CLUSTER_URLS.append(cluster.url)
     try:
-        keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    except redis.ConnectionError:
-        pass  # a test that took Redis away leaves nothing we can reach
+        yield cluster
     finally:
-        client.close()
+        _CLUSTER_URLS.remove(cluster.url)
+        cluster.stop()
+
+
+@pytest.fixture(name="redis_cluster_url")
+def _redis_cluster_url(redis_cluster: LocalCluster) -> str:
+    """The session's Redis Cluster as a ``redis+cluster://`` URL."""
+    return redis_cluster.url
+
+
+@pytest.fixture(name="any_redis_url", params=["redis", "cluster"])
+def _any_redis_url(request: pytest.FixtureRequest) -> str:
+    """Single Redis, then the session's Redis Cluster: a test that takes this
+    runs on both (its ids end in ``[redis]`` / ``[cluster]``)."""
+    if request.param == "redis":
+        return REDIS_URL
+    return request.getfixturevalue("redis_cluster_url")
 
 
 @pytest.fixture(name="redis_url")

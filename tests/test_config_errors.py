@@ -67,6 +67,8 @@ class TestOneLine:
          "redis.url: the database must be a number, got 'zero'"),
         ({"redis": {"url": "redis://127.0.0.1:6379/0?socket_timeout=soon"}},
          "redis.url: Invalid value for 'socket_timeout'"),
+        ({"redis": {"url": "redis+cluster://:pw@127.0.0.1:7000,127.0.0.1"}},
+         "redis.url: each cluster node is host:port, got '127.0.0.1' (e.g. redis+cluster://"),
         ({"databases": {"default": "postgresql://postgres@127.0.0.1:654321/test"}},
          "databases.default: invalid port in PostgreSQL URL: '654321'"),
         ({"databases": {"default": "postgresql://postgres@127.0.0.1/test?sslmode=maybe"}},
@@ -78,8 +80,8 @@ class TestOneLine:
         ({"lock_timeout": "0s"}, "lock_timeout: must be more than 0s"),
         ({"shutdown_grace": float("nan")}, "shutdown_grace: expected a finite duration"),
         ({"restart_backoff_max": 0}, "restart_backoff_max: must be more than 0s"),
-    ], ids=["redis-scheme", "redis-db", "redis-option", "pg-port", "pg-sslmode",
-            "mysql-timeout", "sqlite-folder", "lock-timeout",
+    ], ids=["redis-scheme", "redis-db", "redis-option", "redis-cluster-node", "pg-port",
+            "pg-sslmode", "mysql-timeout", "sqlite-folder", "lock-timeout",
             "nan-grace", "zero-backoff"])
     def test_rejected_at_start(self, tmp_path: Path, config: dict[str, Any],
                                message: str) -> None:

@@ -125,3 +125,10 @@ class TestCommands:
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0
         assert "--kills" in done.stdout
+
+
+def test_chaos_redis_cluster_starts_its_own() -> None:
+    """``--redis-cluster`` starts a cluster for the run: ``--redis`` beside it is refused."""
+    result = CliRunner().invoke(main, ["chaos", "--redis-cluster", "--redis", "redis://x:1/0"])
+    assert result.exit_code == 2
+    assert "--redis-cluster starts its own cluster: drop --redis" in result.output

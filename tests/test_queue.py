@@ -25,8 +25,9 @@ from redis.retry import Retry
 
 from syncd.deadletter import DeadLetter
 from syncd.errors import RedisUnavailable
+from syncd.keys import derived_key
 from syncd.queue import Batch, ReliableQueue
-from syncd.redis import RedisHandle
+from syncd.redis import RedisHandle, is_cluster
 from syncd.testing import REDIS_URL, unique_prefix, wait_for
 
 # -- fixtures and helpers ------------------------------------------------------------
@@ -57,6 +58,11 @@ class Ledger:
         assert len(self.items) == len(produced)
 
 
+def k(redis_client: redis.Redis, source: str, *parts: str) -> str:
+    """A queue's derived key, as `ReliableQueue` names it on this Redis (tagged on a cluster)."""
+    return derived_key(source, *parts, cluster=is_cluster(redis_client))
+
+
 def items(n: int, tag: str = "i") -> list[bytes]:
     return [f"{tag}{k:06d}".encode() for k in range(n)]
 
@@ -69,7 +75,7 @@ def produce(redis_client: redis.Redis, key: str, values: list[bytes], chunk: int
 
 def assert_drained(redis_client: redis.Redis, source: str) -> None:
     leftovers = [
-        k for k in redis_client.scan_iter(match=f"{source}*") if not k.endswith(b":consumers")
+        k for k in redis_client.scan_iter(match=f"*{source}*") if not k.endswith(b":consumers")
     ]
     leftovers = [k for k in leftovers if b":consumer:" not in k]
     assert leftovers == [], leftovers
@@ -119,7 +125,8 @@ async def test_batch_closes_at_max_items_without_waiting(
     assert batch is not None and len(batch) == 20
     assert await q.processing_length() == 20
     assert await q.length() == 30
-    assert redis_client.get(f"{source}:processing:c1:batch") == batch.id.encode()
+    batch_key = k(redis_client, source, "processing", "c1") + ":batch"
+    assert redis_client.get(batch_key) == batch.id.encode()
 
 
 async def test_batch_closes_at_max_wait_with_a_trickle(
@@ -210,7 +217,7 @@ async def test_crash_leftover_without_id_gets_a_stable_id(
     produce(redis_client, source, items(5))
     # A crash between BLMOVE and the fill script: items moved, no batch id yet.
     for _ in range(3):
-        redis_client.lmove(source, f"{source}:processing:c1", "RIGHT", "LEFT")
+        redis_client.lmove(source, k(redis_client, source, "processing", "c1"), "RIGHT", "LEFT")
     q = ReliableQueue(redis_handle, source, "c1")
     batch = await q.take(100, 0.5, 0.1)
     assert batch is not None and batch.recovered
@@ -289,10 +296,10 @@ async def test_heartbeat_registry_and_clean_close(
     source = f"{prefix}:q"
     q = ReliableQueue(redis_handle, source, "c1", heartbeat_ttl=1.5)
     other = ReliableQueue(redis_handle, source, "c2", heartbeat_ttl=1.5)
-    beat = f"{source}:consumer:c1"
+    beat = k(redis_client, source, "consumer", "c1")
     async with trio.open_nursery() as nursery:
         await nursery.start(q.serve_heartbeat)
-        assert redis_client.sismember(f"{source}:consumers", "c1")
+        assert redis_client.sismember(k(redis_client, source, "consumers"), "c1")
         lowest = [redis_client.pttl(beat)]
         assert 0 < lowest[0] <= 1500
 
@@ -307,19 +314,19 @@ async def test_heartbeat_registry_and_clean_close(
     # No more beats: it becomes an orphan once the TTL runs out.
     assert await wait_for(other.orphans) == ["c1"]
     assert await q.close()
-    assert not redis_client.sismember(f"{source}:consumers", "c1")
+    assert not redis_client.sismember(k(redis_client, source, "consumers"), "c1")
     # With a batch in flight, close keeps the consumer visible to reclaim.
     redis_client.lpush(source, b"x")
     assert await q.take(10, 0.0, 0.1) is not None
     assert not await q.close()
-    assert redis_client.sismember(f"{source}:consumers", "c1")
+    assert redis_client.sismember(k(redis_client, source, "consumers"), "c1")
 
 
 async def test_claim_empty_orphan_deregisters_it(
     redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
 ) -> None:
     source = f"{prefix}:q"
-    redis_client.sadd(f"{source}:consumers", "dead")
+    redis_client.sadd(k(redis_client, source, "consumers"), "dead")
     q = ReliableQueue(redis_handle, source, "live")
     assert await q.orphans() == ["dead"]
     assert await q.claim_orphan("dead") is None
@@ -350,7 +357,7 @@ async def test_reclaim_while_the_dead_consumer_restarts(
     assert claimed == Batch(lost.id, lost.items, "a", recovered=True)
     assert await c.claim_orphan("a") is None  # one claimer at a time
     assert await c.orphans() == []
-    assert redis_client.get(f"{source}:consumer:a") == b"reclaimed-by:b"
+    assert redis_client.get(k(redis_client, source, "consumer", "a")) == b"reclaimed-by:b"
 
     # "a" restarts under the same id and finds its own batch: both hold it.
     restarted = ReliableQueue(redis_handle, source, "a", heartbeat_ttl=0.2)
@@ -362,7 +369,8 @@ async def test_reclaim_while_the_dead_consumer_restarts(
     assert await restarted.ack(own)
     assert not ledger.apply(claimed)  # the ledger says: done already
     assert not await b.ack(claimed)  # and its ack is a no-op
-    assert redis_client.sismember(f"{source}:consumers", "a")  # "a" is alive: stays registered
+    # "a" is alive: stays registered
+    assert redis_client.sismember(k(redis_client, source, "consumers"), "a")
 
     ledger.assert_exactly_once(produced[:10])
     await drain(restarted, ledger)
@@ -384,8 +392,9 @@ async def test_reclaimed_batch_acked_by_claimer_deregisters_orphan(
     dl = [DeadLetter(f"{prefix}:dead", claimed.items[0], "bad", "t")]
     assert await b.ack(claimed, dl)
     assert redis_client.llen(f"{prefix}:dead") == 1
-    assert not redis_client.sismember(f"{source}:consumers", "a")
-    assert not redis_client.exists(f"{source}:consumer:a", f"{source}:processing:a")
+    assert not redis_client.sismember(k(redis_client, source, "consumers"), "a")
+    assert not redis_client.exists(k(redis_client, source, "consumer", "a"),
+                                   k(redis_client, source, "processing", "a"))
     # The restarted "a" finds nothing of the old batch.
     back = await ReliableQueue(redis_handle, source, "a").take(10, 0.0, 0.05)
     assert back is None

@@ -288,6 +288,12 @@ _redis_start() {
 
 ensure_redis() {
     local did=""
+    # The cluster tests start their own redis-server processes (and
+    # redis-cli --cluster create), even where Redis itself runs elsewhere.
+    if ! have redis-server || ! have redis-cli; then
+        apt_install redis-server redis-tools
+        did="installed, "
+    fi
     if redis_ok; then
         say "redis: running on 127.0.0.1:$REDIS_PORT"
         _redis_persistence_check

@@ -63,6 +63,7 @@ from syncd.harness.env import (
 )
 from syncd.harness.report import ChaosRow
 from syncd.manager import discover, get_plugin_manager
+from syncd.redis import is_cluster
 from syncd.supervisor import unwrap
 from syncd.workload import Workload, WorkloadEnv
 
@@ -112,8 +113,11 @@ class ChaosOptions:
     replicas: int = attrs.field(default=1, validator=attrs.validators.ge(1))
 
     def meta(self) -> dict[str, Any]:
+        from syncd.redis import is_cluster_url
+
         return {"kills": self.kills, "rate": self.rate, "seed": self.seed,
-                "duration_cap": self.duration_cap, "replicas": self.replicas}
+                "duration_cap": self.duration_cap, "replicas": self.replicas,
+                "redis": "cluster" if is_cluster_url(self.redis_url) else "single"}
 
 
 async def run_chaos(
@@ -358,16 +362,26 @@ def client_ports(pid: int, server_port: int) -> set[int]:
 
 
 def kill_redis_clients(env: WorkloadEnv, pid: int, redis_url: str) -> int:
-    """``CLIENT KILL`` every Redis connection of ``pid``; how many were killed."""
-    ports = client_ports(pid, urlsplit(redis_url).port or 6379)
-    if not ports:
-        return 0
+    """``CLIENT KILL`` every Redis connection of ``pid``; how many were killed.
+
+    On a cluster, on every node (masters and replicas): syncd holds a pool
+    per master it talks to.
+    """
+    if is_cluster(env.redis):
+        servers = [(node.port, env.redis.get_redis_connection(node))
+                   for node in env.redis.get_nodes()]
+    else:
+        servers = [(urlsplit(redis_url).port or 6379, env.redis)]
     killed = 0
-    for client in env.redis.client_list():
-        port = int(str(client.get("addr", ":0")).rsplit(":", 1)[1])
-        if port in ports:
-            with contextlib.suppress(Exception):  # it may have gone away by itself
-                killed += int(env.redis.client_kill_filter(_id=client["id"], skipme=True))
+    for server_port, server in servers:
+        ports = client_ports(pid, server_port)
+        if not ports:
+            continue
+        for client in server.client_list():
+            port = int(str(client.get("addr", ":0")).rsplit(":", 1)[1])
+            if port in ports:
+                with contextlib.suppress(Exception):  # it may have gone away by itself
+                    killed += int(server.client_kill_filter(_id=client["id"], skipme=True))
     return killed
 
 

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 import attrs
 import pluggy
 import redis
+import redis.cluster
 
 from syncd.manager import discover
 from syncd.workload import Workload, WorkloadEnv
@@ -125,10 +126,25 @@ def connector(url: str) -> Callable[[], Any]:
     return lambda: sqlite3.connect(path or ":memory:")
 
 
+def redis_client_for(url: str, client_name: str | None = None) -> Any:
+    """A plain sync redis-py client on ``url``: `redis.Redis`, or a
+    `redis.cluster.RedisCluster` for ``redis+cluster://`` (as an application
+    on that Redis would use)."""
+    from syncd.redis import is_cluster_url, parse_cluster_url
+
+    if not is_cluster_url(url):
+        return redis.Redis.from_url(url, client_name=client_name)
+    parsed = parse_cluster_url(url)
+    return redis.cluster.RedisCluster(
+        startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in parsed.nodes],
+        username=parsed.username, password=parsed.password, client_name=client_name,
+        socket_timeout=10, socket_connect_timeout=5)
+
+
 @contextmanager
 def open_env(database_url: str, prefix: str, redis_url: str = REDIS_URL) -> Iterator[WorkloadEnv]:
     """A `WorkloadEnv` on its own Redis client; the client is closed afterwards."""
-    client = redis.Redis.from_url(redis_url, client_name=HARNESS_CLIENT_NAME)
+    client = redis_client_for(redis_url, client_name=HARNESS_CLIENT_NAME)
     try:
         yield WorkloadEnv(
             redis=client,

@@ -150,15 +150,17 @@ def _workload(prefix: str, writers: list[str], variant: str, own_receiver: bool
 
     def pending(env: syncd.WorkloadEnv) -> int:
         keys = [*queues.values(), *(lane_key(q, w) for q in queues.values() for w in writers)]
+        cluster = syncd.is_cluster(env.redis)
         with env.redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.smembers(f"{key}:consumers")
+                pipe.smembers(syncd.derived_key(key, "consumers", cluster=cluster))
             registries = pipe.execute()
         with env.redis.pipeline(transaction=False) as pipe:
             for key, consumers in zip(keys, registries, strict=True):
                 pipe.llen(key)
                 for consumer in consumers:
-                    pipe.llen(f"{key}:processing:{consumer.decode()}")
+                    pipe.llen(syncd.derived_key(key, "processing", consumer.decode(),
+                                                cluster=cluster))
             return sum(pipe.execute())
 
     def tally(env: syncd.WorkloadEnv, produced: int) -> syncd.Tally:

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import redis
 import yaml
 from syncd_messages.keys import dead_key, lane_key
 from syncd_messages.workload import messages_workloads
 
 import syncd
-from syncd.testing import REDIS_URL, connector, dialect_of
+from syncd.testing import REDIS_URL, connector, delete_keys, dialect_of, redis_client_for
 
 
 @attrs.define
@@ -30,6 +29,7 @@ class Messages:
     workload: syncd.Workload
     env: syncd.WorkloadEnv
     url: str
+    redis_url: str = REDIS_URL
 
     @property
     def options(self) -> dict[str, Any]:
@@ -85,25 +85,23 @@ class Messages:
 
 @contextlib.contextmanager
 def open_messages(prefix: str, db_url: str, *, variant: int = 1,
-                  receiver: bool = False) -> Iterator[Messages]:
+                  receiver: bool = False, redis_url: str = REDIS_URL) -> Iterator[Messages]:
     """A workload of the plugin (variant 1: every writer) set up, torn down afterwards;
     ``receiver``: with the workload's own webhook receiver process."""
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis_client_for(redis_url)
     workload = messages_workloads(prefix, receiver=receiver)[variant]
     env = syncd.WorkloadEnv(client, db_url, dialect_of(db_url), connector(db_url),
                             workload.prefix or prefix)
     workload.setup(env)
     try:
-        yield Messages(workload, env, db_url)
+        yield Messages(workload, env, db_url, redis_url)
     finally:
         try:
             assert workload.teardown is not None
             workload.teardown(env)
         finally:
-            keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
-            if keys:
-                client.delete(*keys)
             client.close()
+            delete_keys(prefix, redis_url)
 
 
 # -- syncd serve as a subprocess ----------------------------------------------------
@@ -111,7 +109,7 @@ def open_messages(prefix: str, db_url: str, *, variant: int = 1,
 
 def serve_config(messages: Messages, instance: str, **options: Any) -> dict[str, Any]:
     return {
-        "redis": {"url": REDIS_URL},
+        "redis": {"url": messages.redis_url},
         "databases": {"default": messages.url},
         "http": {"enabled": False},
         "instance": instance,

@@ -108,6 +108,13 @@ class PortfolioWorker:
 
     def __attrs_post_init__(self) -> None:
         cfg = self.config
+        if self.ctx.redis.cluster:
+            # BullMQ's scripts touch a queue's keys together, so on a cluster
+            # they need a hash-tagged prefix ({bull}) shared by the Node side,
+            # and the Python port's connection is a single-node one: unsupported.
+            raise syncd.ConfigError(
+                "redis.url", "the portfolio plugin (BullMQ) does not run on Redis Cluster; "
+                "give it a single Redis (another syncd instance) or disable it")
         self.metrics = JobMetrics.create(self.ctx.metrics)
         self._tables = store.Tables(cfg.jobs_table, cfg.balances_table, cfg.tokens_table)
         self._idle.set()

@@ -61,6 +61,20 @@ def expected_bytes(produced: int, nodes: int = NODES) -> dict[int, int]:
     return totals
 
 
+# One item on one key, atomically (Redis Cluster's stand-in for MULTI/EXEC):
+# HINCRBY upload (HSET when it is not a number: a malformed item), HINCRBY
+# download, EXPIRE. KEYS: the counter. ARGV: upload, download, TTL.
+_ITEM = """
+if tonumber(ARGV[1]) then
+  redis.call('HINCRBY', KEYS[1], 'upload', ARGV[1])
+else
+  redis.call('HSET', KEYS[1], 'upload', ARGV[1])
+end
+redis.call('HINCRBY', KEYS[1], 'download', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+"""
+
+
 class TrafficWorkload:
     """The functions behind the `syncd.Workload`, bound to one prefix.
 
@@ -135,6 +149,9 @@ class TrafficWorkload:
         would become two dead letters (or a good half and a bad half), and
         the count of dead letters expected would depend on timing.
         """
+        if syncd.is_cluster(env.redis):
+            self._produce_on_cluster(env, start, count)
+            return
         pipe = env.redis.pipeline(transaction=True)
         for n, i in enumerate(range(start, start + count), 1):
             kind = malformed_kind(i)
@@ -155,6 +172,25 @@ class TrafficWorkload:
                     pipe.hincrby(key, "upload", upload(i))
                 pipe.hincrby(key, "download", download(i))
             pipe.expire(key, TTL)
+            if n % PIPELINE == 0:
+                pipe.execute()
+        pipe.execute()
+
+    def _produce_on_cluster(self, env: syncd.WorkloadEnv, start: int, count: int) -> None:
+        """`produce` on Redis Cluster, where MULTI/EXEC cannot span slots: each
+        item is one script on its one key, so its fields still land together."""
+        pipe = env.redis.pipeline(transaction=False)
+        for n, i in enumerate(range(start, start + count), 1):
+            kind = malformed_kind(i)
+            if kind is None:
+                key, up = self.key(i % self.nodes + 1), str(upload(i))
+            elif kind == 0:
+                key, up = self.key(f"n{i}x"), str(upload(i))
+            else:
+                key = self.key(self.nodes + 1 + i)
+                up = f"{upload(i)}kb" if kind == 1 else str(upload(i))
+            # EVAL by hand: redis-py's cluster pipeline refuses EVALSHA (and .eval).
+            pipe.execute_command("EVAL", _ITEM, 1, key, up, download(i), TTL)
             if n % PIPELINE == 0:
                 pipe.execute()
         pipe.execute()

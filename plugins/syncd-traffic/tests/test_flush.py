@@ -8,14 +8,13 @@ import time
 from typing import Any
 
 import pytest
-import redis
 import trio
 import trio.testing
 from syncd_traffic.workload import TrafficWorkload
 from traffic_support import PLUGINS, config_for
 
 import syncd
-from syncd.testing import REDIS_URL, run_daemon, wait_for
+from syncd.testing import redis_client_for, run_daemon, wait_for
 
 pytestmark = pytest.mark.usefixtures("redis_client")
 
@@ -51,25 +50,35 @@ class TestExactlyOnce:
     """Every byte produced ends up in SQL once, even while producers keep writing."""
 
     async def test_basic_flush(self, env: syncd.WorkloadEnv, workload: TrafficWorkload,
-                               db_url: str) -> None:
+                               db_url: str, traffic_redis_url: str) -> None:
         await produce(workload, env, 0, 5_000)
-        async with run_daemon(config_for(workload, db_url, batch_size=700),
-                              PLUGINS) as daemon:
+        config = config_for(workload, db_url, batch_size=700)
+        config["redis"] = {"url": traffic_redis_url}
+        async with run_daemon(config, PLUGINS) as daemon:
             result = await drain(daemon, workload, env)
         tally = workload.tally(env, 5_000)
         assert tally.ok, tally
         assert result.dead_lettered == tally.expected_dead
         assert result.items == 2_000  # every node once: 5,000 items fold into 2,000 keys
 
+    @pytest.mark.parametrize("db_url", ["pg"], indirect=True)
+    @pytest.mark.parametrize("traffic_redis_url", ["cluster"], indirect=True)
+    async def test_basic_flush_on_a_cluster(
+            self, env: syncd.WorkloadEnv, workload: TrafficWorkload, db_url: str,
+            traffic_redis_url: str) -> None:
+        """The same on Redis Cluster: snapshots per slot, each applied once."""
+        await self.test_basic_flush(env, workload, db_url, traffic_redis_url)
+
     @pytest.mark.parametrize("db_url", ["mysql", "pg"], indirect=True)
     async def test_concurrent_producers(self, env: syncd.WorkloadEnv,
-                                        workload: TrafficWorkload, db_url: str) -> None:
+                                        workload: TrafficWorkload, db_url: str,
+                                        traffic_redis_url: str) -> None:
         producers, per_producer, chunk = 4, 6_000, 200
         watch = FlushWatch()
 
         def producer(index: int) -> None:
             # Its own client, as a separate application process would have.
-            client = redis.Redis.from_url(REDIS_URL)
+            client = redis_client_for(traffic_redis_url)
             own = syncd.WorkloadEnv(client, env.database_url, env.dialect, env.connect,
                                     env.prefix)
             try:
@@ -88,6 +97,7 @@ class TestExactlyOnce:
                 client.close()
 
         config = config_for(workload, db_url, interval="20ms", batch_size=300)
+        config["redis"] = {"url": traffic_redis_url}
         async with run_daemon(config, [*PLUGINS, watch]) as daemon:
             async with trio.open_nursery() as nursery:
                 for index in range(producers):

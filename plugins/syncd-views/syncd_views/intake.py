@@ -141,8 +141,9 @@ class Intake:
     def _open(self) -> None:
         """Blocking: a connection of our own, subscribed, the confirmation read."""
         self._close()
+        # On Redis Cluster a PUBLISH reaches every node: one node will do.
         self._subscription = Subscription(
-            self.ctx.redis.url, self.config.channel, self.client_name)
+            syncd.one_node_url(self.ctx.redis.url), self.config.channel, self.client_name)
 
     async def _resubscribe(self, error: Exception) -> None:
         """The connection is gone: count it, and subscribe again within a second."""

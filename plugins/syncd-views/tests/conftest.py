@@ -7,11 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from syncd_views.workload import ViewsWorkload
 
 import syncd
-from syncd.testing import REDIS_URL, connector, dialect_of
+from syncd.testing import REDIS_URL, connector, dialect_of, redis_client_for
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -23,9 +22,17 @@ def _db_url(request: pytest.FixtureRequest, mysql_url: str, pg_url: str, sqlite_
     return {"mysql": mysql_url, "pg": pg_url, "sqlite": sqlite_url}[request.param]
 
 
+@pytest.fixture(name="views_redis_url")
+def _views_redis_url(request: pytest.FixtureRequest) -> str:
+    """Single Redis, unless a test asks for ``"cluster"`` (indirect parametrization)."""
+    if getattr(request, "param", "redis") == "cluster":
+        return request.getfixturevalue("redis_cluster_url")
+    return REDIS_URL
+
+
 @pytest.fixture(name="env")
-def _env(db_url: str, prefix: str) -> Iterator[syncd.WorkloadEnv]:
-    client = redis.Redis.from_url(REDIS_URL)
+def _env(db_url: str, prefix: str, views_redis_url: str) -> Iterator[syncd.WorkloadEnv]:
+    client = redis_client_for(views_redis_url)
     env = syncd.WorkloadEnv(client, db_url, dialect_of(db_url), connector(db_url), prefix)
     yield env
     ViewsWorkload(prefix, VODS).teardown(env)

@@ -114,12 +114,15 @@ def votes_workload(prefix: str) -> syncd.Workload:
 
     def pending(env: syncd.WorkloadEnv) -> int:
         # Processing lists are named {queue}:processing:{consumer}, for every
-        # consumer in the registry {queue}:consumers (syncd.ReliableQueue).
-        consumers = env.redis.smembers(f"{cfg.queue}:consumers")
+        # consumer in the registry {queue}:consumers (syncd.ReliableQueue;
+        # tagged into the queue's slot on a cluster).
+        cluster = syncd.is_cluster(env.redis)
+        consumers = env.redis.smembers(syncd.derived_key(cfg.queue, "consumers", cluster=cluster))
         with env.redis.pipeline(transaction=False) as pipe:
             pipe.llen(cfg.queue)
             for consumer in consumers:
-                pipe.llen(f"{cfg.queue}:processing:{consumer.decode()}")
+                pipe.llen(syncd.derived_key(cfg.queue, "processing", consumer.decode(),
+                                            cluster=cluster))
             return sum(pipe.execute())
 
     def tally(env: syncd.WorkloadEnv, produced: int) -> syncd.Tally:

@@ -9,18 +9,34 @@ from __future__ import annotations
 
 import re
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from votes_support import Votes, start_serve, stop_serve, write_config
+from votes_support import Votes, open_votes, start_serve, stop_serve, write_config
 
+import syncd
 from syncd.testing import REDIS_URL, wait_for_sync
+
+
+@pytest.fixture(name="votes_redis_url")
+def _votes_redis_url(request: pytest.FixtureRequest) -> str:
+    """Single Redis, unless a test asks for ``"cluster"`` (indirect parametrization)."""
+    if getattr(request, "param", "redis") == "cluster":
+        return request.getfixturevalue("redis_cluster_url")
+    return REDIS_URL
+
+
+@pytest.fixture(name="mysql_votes")
+def _mysql_votes(prefix: str, mysql_url: str, votes_redis_url: str) -> Iterator[Votes]:
+    with open_votes(prefix, mysql_url, votes_redis_url) as votes:
+        yield votes
 
 
 def config(votes: Votes, instance: str, **options: Any) -> dict[str, Any]:
     return {
-        "redis": {"url": REDIS_URL},
+        "redis": {"url": votes.redis_url or REDIS_URL},
         "databases": {"default": votes.url},
         "http": {"enabled": False},
         "instance": instance,
@@ -29,6 +45,11 @@ def config(votes: Votes, instance: str, **options: Any) -> dict[str, Any]:
         "log_level": "info",
         "plugins": {"votes": votes.section(**options)},
     }
+
+
+def queue_key(votes: Votes, *parts: str) -> str:
+    """A key `syncd.ReliableQueue` derives from the queue (tagged on a cluster)."""
+    return syncd.derived_key(votes.queue, *parts, cluster=syncd.is_cluster(votes.env.redis))
 
 
 def killed(proc: Any, timeout: float = 60) -> bool:
@@ -56,7 +77,9 @@ class TestCrash:
     """A SIGKILL between take and commit, or between commit and ack, loses and
     doubles nothing: the restart finishes the batch, guided by the ledger."""
 
-    @pytest.mark.parametrize("point", ["after_take", "after_commit"])
+    @pytest.mark.parametrize(("point", "votes_redis_url"), [
+        ("after_take", "redis"), ("after_commit", "redis"), ("after_commit", "cluster"),
+    ], indirect=["votes_redis_url"])
     def test_sigkill_then_restart(self, mysql_votes: Votes, tmp_path: Path, point: str) -> None:
         votes = mysql_votes
         votes.workload.produce(votes.env, 0, 3000)
@@ -66,7 +89,7 @@ class TestCrash:
         assert killed(proc), log.read_text()
         # Killed holding batches: they are still in the processing lists.
         assert votes.pending() > 0
-        held = sum(int(votes.env.redis.llen(f"{votes.queue}:processing:{name}"))
+        held = sum(int(votes.env.redis.llen(queue_key(votes, "processing", name)))
                    for name in ("crashy", "crashy#1"))
         assert held > 0
         proc = start_serve(path, log)
@@ -94,7 +117,7 @@ class TestReplicas:
             write_config(tmp_path / "a.yaml", config(votes, "replica-a", **options)), log,
             crash_at="votes:after_commit", crash_after=3)
         assert killed(doomed), log.read_text()
-        orphaned = sum(int(votes.env.redis.llen(f"{votes.queue}:processing:{name}"))
+        orphaned = sum(int(votes.env.redis.llen(queue_key(votes, "processing", name)))
                        for name in ("replica-a", "replica-a#1"))
         assert orphaned > 0
         survivor = start_serve(
@@ -107,6 +130,6 @@ class TestReplicas:
         tally = votes.workload.tally(votes.env, 3000)
         assert tally.ok, tally
         assert replays(log, "finished the batch of a dead consumer")
-        consumers = {m.decode() for m in votes.env.redis.smembers(f"{votes.queue}:consumers")}
+        consumers = {m.decode() for m in votes.env.redis.smembers(queue_key(votes, "consumers"))}
         assert not consumers & {"replica-a", "replica-a#1"}
         assert ledger_entries(votes) > 0

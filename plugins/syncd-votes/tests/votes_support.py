@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import redis
 import trio
 import yaml
 from syncd_votes.schema import drop_statement
 from syncd_votes.workload import votes_workload
 
 import syncd
-from syncd.testing import connector, dialect_of
+from syncd.testing import connector, delete_keys, dialect_of, redis_client_for
 
 
 @attrs.define
@@ -31,6 +30,7 @@ class Votes:
     workload: syncd.Workload
     env: syncd.WorkloadEnv
     url: str
+    redis_url: str = ""
 
     @property
     def options(self) -> dict[str, Any]:
@@ -74,21 +74,19 @@ class Votes:
 
 @contextlib.contextmanager
 def open_votes(prefix: str, db_url: str, redis_url: str) -> Iterator[Votes]:
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client_for(redis_url)
     workload = votes_workload(prefix)
     env = syncd.WorkloadEnv(client, db_url, dialect_of(db_url), connector(db_url), prefix)
     workload.setup(env)
     try:
-        yield Votes(workload, env, db_url)
+        yield Votes(workload, env, db_url, redis_url)
     finally:
         with contextlib.closing(env.connect()) as conn:
             cur = conn.cursor()
             cur.execute(drop_statement(env.dialect, workload.options["table"]))
             conn.commit()
-        keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
         client.close()
+        delete_keys(prefix, redis_url)
 
 
 # -- a TCP proxy that can play "the database went away" ---------------------------
