@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import pytest
 import yaml
 
 from syncd.redact import mask_url, scrub
-from syncd.testing import unique_prefix
+from syncd.testing import unique_prefix, wait_for_sync
 
 TESTS = Path(__file__).parent
 SECRETS = ["RSECRET-1111", "RUSER-2222", "PGSECRET-3333", "SSLSECRET-4444", "DOWNSECRET-5555",
@@ -109,23 +108,9 @@ def _served(env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
 
 
 def get_json(url: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return httpx.get(url, timeout=5)
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
-def wait_until(predicate: Any, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
-    return value
+    """The response once the daemon listens (it may still be starting)."""
+    return wait_for_sync(lambda: httpx.get(url, timeout=5), timeout,
+                         ignore=(httpx.TransportError,))
 
 
 class TestMasking:
@@ -162,7 +147,7 @@ class TestEverywhere:
             assert "/test?password=***" in reasons  # the URLs are shown, masked
             if redis_url == URLS["redis_down"]:
                 assert "0?password=***" in reasons
-                plugin = wait_until(lambda base=base: (p := httpx.get(
+                plugin = wait_for_sync(lambda base=base: (p := httpx.get(
                     f"{base}/plugins/probe", timeout=5).json())["last_error"] and p)
                 assert "0?password=***" in plugin["last_error"]["message"]
             for path in ("/plugins", "/plugins/probe", "/health", "/metrics", "/"):

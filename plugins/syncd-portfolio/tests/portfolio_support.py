@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -166,15 +165,6 @@ def pg_rows(pg_url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         return conn.execute(sql, params).fetchall()
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    """For sync code outside Trio (subprocess tests)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class FlakyRPC:

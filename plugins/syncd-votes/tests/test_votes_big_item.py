@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
 import syncd_votes
 from votes_support import open_votes
 
-from syncd.testing import daemon_config, run_daemon, wait_for
+from syncd.testing import daemon_config, run_daemon, wait_for, wait_for_sync
 
 ITEM = b"\x01" * 300_000
 
@@ -35,15 +34,9 @@ def _small_redis() -> Iterator[str]:
          "--appendonly", "no", "--proto-max-bulk-len", "1mb"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("redis-server did not start") from None
-                time.sleep(0.05)
+        # Listening means started (a refused connection is an OSError: not yet).
+        wait_for_sync(lambda: socket.create_connection(("127.0.0.1", port), timeout=0.2),
+                      30, ignore=(OSError,)).close()
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.kill()

@@ -26,7 +26,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
@@ -38,7 +37,7 @@ from votes_support import Votes, open_votes
 
 import syncd
 from syncd.sql import open_database
-from syncd.testing import REDIS_URL, daemon_config, run_daemon, wait_for
+from syncd.testing import REDIS_URL, daemon_config, run_daemon, wait_for, wait_for_sync
 
 GRACE = 2.0
 #: How far past the grace period the exit may come (generous: a loaded machine).
@@ -97,17 +96,6 @@ def live(url: str) -> bool:
         return False
 
 
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
 class TestBlockedRecovery:
     """Blocked in recovery: observable at once, stoppable in time, nothing lost."""
@@ -151,8 +139,8 @@ class TestBlockedRecovery:
     def _observe_then_stop(
         self, proc: subprocess.Popen[bytes], votes: Votes, log: Path, url: str
     ) -> None:
-        wait_until(lambda: live(url), 30, "/health/live")
-        wait_until(lambda: lock_waiters(votes.url), 30, "the recovery to block on the lock")
+        wait_for_sync(lambda: live(url), 30)
+        wait_for_sync(lambda: lock_waiters(votes.url), 30)  # recovery blocked on the lock
         assert live(url)
         ready = httpx.get(f"{url}/health/ready", timeout=5)
         assert ready.status_code == 503

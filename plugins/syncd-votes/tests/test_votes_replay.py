@@ -9,14 +9,13 @@ also stored as rows. What the replay dead-letters comes from the ledger.
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from votes_support import Votes, start_serve, stop_serve, write_config
 
-from syncd.testing import REDIS_URL
+from syncd.testing import REDIS_URL, wait_for_sync
 
 
 def config(votes: Votes, **options: Any) -> dict[str, Any]:
@@ -31,14 +30,6 @@ def config(votes: Votes, **options: Any) -> dict[str, Any]:
     }
 
 
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 class TestReplayAfterConfigChange:
     """Committed under one config, replayed under another: stored once, dead-lettered never."""
@@ -49,7 +40,7 @@ class TestReplayAfterConfigChange:
         log = tmp_path / "serve.log"
         proc = start_serve(write_config(tmp_path / "a.yaml", config(votes)), log,
                            crash_at="votes:after_commit")
-        wait_until(lambda: proc.poll() is not None, 30, "the crash after the commit")
+        wait_for_sync(lambda: proc.poll() is not None, 30)  # the crash after the commit
         assert proc.returncode == -signal.SIGKILL, log.read_text()
         assert len(votes.rows()) == 10  # committed, not acknowledged
         assert votes.pending() == 10
@@ -57,7 +48,7 @@ class TestReplayAfterConfigChange:
         proc = start_serve(
             write_config(tmp_path / "b.yaml", config(votes, allowed_votes=["zz"])), log)
         try:
-            wait_until(lambda: votes.pending() == 0, 30, "the replay")
+            wait_for_sync(lambda: votes.pending() == 0, 30)  # the replay
         finally:
             assert stop_serve(proc) == 0, log.read_text()
         assert len(votes.rows()) == 10
