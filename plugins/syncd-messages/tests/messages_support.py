@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -148,14 +147,3 @@ def stop_serve(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
         proc.kill()
         proc.wait()
         raise
-
-
-def wait_until(predicate: Any, timeout: float, what: str, seen: Any = None) -> None:
-    """Poll ``predicate`` (sync) until true; fail after ``timeout`` saying what was
-    awaited and, if given, what ``seen()`` shows then."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            shown = f"; {seen()}" if seen is not None else ""
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{shown}")
-        time.sleep(0.05)

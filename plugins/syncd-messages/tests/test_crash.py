@@ -24,12 +24,11 @@ from messages_support import (
     serve_config,
     start_serve,
     stop_serve,
-    wait_until,
     write_config,
 )
 from syncd_messages.keys import lane_key, marker_key
 
-from syncd.testing import REDIS_URL
+from syncd.testing import REDIS_URL, wait_for_sync
 
 PRODUCED = 3000
 
@@ -50,15 +49,15 @@ def _everything(prefix: str, pg_url: str, messages_redis_url: str) -> Iterator[M
 
 
 def killed(proc: Any, log: Path) -> None:
-    wait_until(lambda: proc.poll() is not None, 60, "the crash point")
+    wait_for_sync(lambda: proc.poll() is not None, 60)  # the crash point
     assert proc.returncode == -signal.SIGKILL, log.read_text()
 
 
 def restart_and_drain(messages: Messages, path: Path, log: Path) -> None:
     proc = start_serve(path, log)
     try:
-        wait_until(lambda: messages.pending() == 0, 60, "the restart to drain",
-                   lambda: f"pending {messages.pending()}; log:\n{log.read_text()[-8000:]}")
+        wait_for_sync(lambda: messages.pending() == 0, 60,  # the restart to drain
+                      describe=lambda: f"log:\n{log.read_text()[-8000:]}")
     finally:
         assert stop_serve(proc) == 0, log.read_text()
 
@@ -137,7 +136,7 @@ class TestReplicas:
         survivor = start_serve(write_config(
             tmp_path / "b.yaml", serve_config(messages, "replica-b", **options)), log)
         try:
-            wait_until(lambda: messages.pending() == 0, 60, "the survivor to drain")
+            wait_for_sync(lambda: messages.pending() == 0, 60)  # the survivor to drain
         finally:
             assert stop_serve(survivor) == 0, log.read_text()
         assert_exact(messages)
