@@ -2,8 +2,8 @@
 
 The full run is ``syncd chaos`` (20 kills per plugin x database); this one
 keeps the same machinery but few kills and a low rate, so that every plugin
-that ships a workload is proven on every CI run in well under a minute.
-Each runs as three replicas side by side (``--replicas 3``: the kills,
+that ships a workload is proven on every CI run in about a minute.
+Each runs as two replicas side by side (``--replicas 2``: the kills,
 freezes and connection kills hit one at random), so leases, fencing and the
 reclaim of a dead replica's batches are exercised too. The harness's own
 probe plugin runs as one daemon, on both databases, so a failure here can
