@@ -90,8 +90,8 @@ import attrs
 import msgpack
 from redis import exceptions as redis_exceptions
 
-from syncd.deadletter import DeadLetter, script_args
-from syncd.keys import slot_key
+from syncd.deadletter import DeadLetter, push_once, script_args
+from syncd.keys import key_slot, slot_key
 from syncd.redis import is_cluster, node_scan
 
 if TYPE_CHECKING:
@@ -166,18 +166,6 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
-# Cluster: push one snapshot's dead letters to one list at most once.
-# KEYS: the list, its marker for this snapshot. ARGV: marker TTL (s), entries.
-_PUSH_ONCE = """
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) == false then return 0 end
-for first = 2, #ARGV, 1000 do
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
-end
-return 1
-"""
-
-#: How long a cluster dead-letter push marker lasts: longer than any replay.
-_PUSHED_TTL = 86_400
 
 #: How long the mark that closes a recovered cluster snapshot lasts.
 _CLOSED_TTL = 86_400
@@ -208,13 +196,6 @@ def _slot_tags() -> tuple[str, ...]:
 def slot_tag(slot: int) -> str:
     """A hash tag (``{<it>}``) that puts a key in Cluster slot ``slot``."""
     return _slot_tags()[slot]
-
-
-def key_slot(key: bytes | str) -> int:
-    """The Cluster hash slot of ``key`` (its hash tag's, if it has one)."""
-    from redis.crc import key_slot as crc_slot
-
-    return crc_slot(key.encode() if isinstance(key, str) else key)
 
 
 @attrs.frozen
@@ -328,7 +309,6 @@ class CounterSnapshots:
         client = self.redis.client
         self._scripts["snapshot"] = client.register_script(_SNAPSHOT)
         self._scripts["commit"] = client.register_script(_COMMIT)
-        self._scripts["push_once"] = client.register_script(_PUSH_ONCE)
         self._scripts["part"] = client.register_script(_PART)
 
     # -- key names -----------------------------------------------------------------
@@ -521,9 +501,7 @@ class CounterSnapshots:
         for entry in dead_letters:
             by_list.setdefault(entry.key, []).append(entry.encode())
         for key, payloads in by_list.items():
-            self._scripts["push_once"](
-                keys=[key, slot_key(key, "pushed", snapshot.id)],
-                args=[_PUSHED_TTL, *payloads], client=client)
+            push_once(client, key, snapshot.id, payloads)
         keys = [_snapshot_key(self._slot_prefix(slot), snapshot.id) for slot in slots]
         for node, node_keys in _by_node(client, keys).items():
             with (_moved_is_try_again(client),

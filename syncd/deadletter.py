@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from syncd.keys import slot_key
+
 #: Payloads whose JSON text is larger than this, and larger than their
 #: base64 form, are stored base64 (see `DeadLetter._payload_json`).
 BASE64_ABOVE = 1 << 20
@@ -206,6 +208,31 @@ def _push(client: redis_py.Redis, entries: Sequence[DeadLetter]) -> int:
                 pipe.rpush(entry.key, entry.encode())
             pipe.execute()
     return len(entries)
+
+
+# Push a batch's dead letters to one list at most once, for Redis Cluster,
+# where a list outside the batch's slot cannot be written by the batch's own
+# ack script. KEYS: the list, its marker for this batch. ARGV: marker TTL (s),
+# entries.
+_PUSH_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) == false then return 0 end
+for first = 2, #ARGV, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+end
+return 1
+"""
+
+#: How long a push-once marker lasts: longer than any replay of its batch.
+PUSHED_TTL = 86_400
+
+
+def push_once(client: Any, key: str, batch_id: str, payloads: Sequence[bytes]) -> bool:
+    """Append ``payloads`` to the list ``key`` unless they were for ``batch_id``
+    already (a marker ``{key}:pushed:<batch_id>`` beside the list says so):
+    a replayed ack or commit pushes nothing twice. Runs in a worker thread."""
+    script = client.register_script(_PUSH_ONCE)  # only hashes the text
+    return bool(script(keys=[key, slot_key(key, "pushed", batch_id)],
+                       args=[PUSHED_TTL, *payloads], client=client))
 
 
 async def push_dead_letters(redis: RedisHandle, entries: Sequence[DeadLetter]) -> int:

@@ -56,3 +56,10 @@ def derived_key(base: str, *parts: str, cluster: bool) -> str:
     while on a Cluster they are tagged into their base's slot.
     """
     return slot_key(base, *parts) if cluster else ":".join((base, *parts))
+
+
+def key_slot(key: bytes | str) -> int:
+    """The Cluster hash slot of ``key`` (its hash tag's, if it has one)."""
+    from redis.crc import key_slot as crc_slot
+
+    return crc_slot(key.encode() if isinstance(key, str) else key)

@@ -63,9 +63,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from syncd.deadletter import DeadLetter, script_args
+from syncd.deadletter import DeadLetter, push_once, script_args
 from syncd.errors import RedisUnavailable
-from syncd.keys import derived_key, slot_key
+from syncd.keys import derived_key, key_slot
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -225,15 +225,6 @@ redis.call('DEL', KEYS[2], KEYS[3], KEYS[5])
 return 1
 """
 
-# Cluster: push one batch's dead letters to one list at most once.
-# KEYS: the list, its marker for this batch. ARGV: marker TTL (s), entries.
-_PUSH_ONCE = """
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) == false then return 0 end
-for first = 2, #ARGV, 1000 do
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
-end
-return 1
-"""
 
 
 @attrs.frozen
@@ -509,8 +500,6 @@ class ReliableQueue:
     ) -> list[DeadLetter]:
         """Cluster: push the letters bound for lists outside the source's slot
         (each list at most once per batch); return those the ack pushes itself."""
-        from syncd.counters import key_slot  # the slot arithmetic lives there
-
         home = key_slot(self.source)
         same, elsewhere = [], {}
         for letter in dead_letters:
@@ -519,8 +508,6 @@ class ReliableQueue:
             else:
                 elsewhere.setdefault(letter.key, []).append(letter.encode())
         if elsewhere:
-            script = self._scripts.setdefault(
-                "push_once", self.redis.client.register_script(_PUSH_ONCE))
 
             def push(client: redis_py.Redis) -> None:
                 # Only if the batch is still ours to finish: a batch another
@@ -528,8 +515,7 @@ class ReliableQueue:
                 if client.get(self._keys(batch.consumer).batch) != batch.id.encode():
                     return
                 for key, payloads in elsewhere.items():
-                    script(keys=[key, slot_key(key, "pushed", batch.id)],
-                           args=[86_400, *payloads], client=client)
+                    push_once(client, key, batch.id, payloads)
 
             await self.redis.run(push)
         return same

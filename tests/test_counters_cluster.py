@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 import trio
 
-from syncd.counters import _PART, CounterSnapshots, key_slot, slot_tag
+from syncd.counters import _PART, CounterSnapshots, slot_tag
 from syncd.deadletter import DeadLetter
 from syncd.errors import RedisUnavailable
+from syncd.keys import key_slot
 from syncd.redis import RedisHandle, scan_masters
 from syncd.testing import LocalCluster, redis_client_for, wait_for_sync
 
