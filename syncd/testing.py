@@ -128,7 +128,12 @@ def _any_redis_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(name="redis_url")
-def _redis_url() -> str:
+def _redis_url(request: pytest.FixtureRequest) -> str:
+    """Single Redis, unless a test asks for ``"cluster"`` by indirect
+    parametrization (``@pytest.mark.parametrize("redis_url", ["cluster"],
+    indirect=True)``): then the session's Redis Cluster."""
+    if getattr(request, "param", "redis") == "cluster":
+        return request.getfixturevalue("redis_cluster_url")
     return REDIS_URL
 
 

@@ -28,23 +28,15 @@ from messages_support import (
 )
 from syncd_messages.keys import lane_key, marker_key
 
-from syncd.testing import REDIS_URL, wait_for_sync
+from syncd.testing import wait_for_sync
 
 PRODUCED = 3000
 
 
-@pytest.fixture(name="messages_redis_url")
-def _messages_redis_url(request: pytest.FixtureRequest) -> str:
-    """Single Redis, unless a test asks for ``"cluster"`` (indirect parametrization)."""
-    if getattr(request, "param", "redis") == "cluster":
-        return request.getfixturevalue("redis_cluster_url")
-    return REDIS_URL
-
-
 @pytest.fixture(name="everything")
-def _everything(prefix: str, pg_url: str, messages_redis_url: str) -> Iterator[Messages]:
+def _everything(prefix: str, pg_url: str, redis_url: str) -> Iterator[Messages]:
     """Every writer, with the workload's own webhook receiver process."""
-    with open_messages(prefix, pg_url, receiver=True, redis_url=messages_redis_url) as messages:
+    with open_messages(prefix, pg_url, receiver=True, redis_url=redis_url) as messages:
         yield messages
 
 
@@ -74,12 +66,12 @@ def assert_exact(messages: Messages) -> None:
 class TestCrash:
     """A SIGKILL at each writer's worst moment loses and doubles nothing."""
 
-    @pytest.mark.parametrize(("point", "messages_redis_url"), [
+    @pytest.mark.parametrize(("point", "redis_url"), [
         ("intake:after_take", "redis"), ("database:after_write", "redis"),
         ("file:after_write", "redis"), ("webhook:after_write", "redis"),
         # On Redis Cluster, where the intake's fan-out is one script per slot.
         ("intake:after_take", "cluster"),
-    ], indirect=["messages_redis_url"])
+    ], indirect=["redis_url"])
     def test_sigkill_then_restart(self, everything: Messages, tmp_path: Path, point: str) -> None:
         messages = everything
         messages.workload.produce(messages.env, 0, PRODUCED)

@@ -10,7 +10,7 @@ import pytest
 from syncd_traffic.workload import TrafficWorkload
 
 import syncd
-from syncd.testing import REDIS_URL, connector, dialect_of, redis_client_for
+from syncd.testing import connector, dialect_of, redis_client_for
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -22,17 +22,9 @@ def _db_url(request: pytest.FixtureRequest, mysql_url: str, pg_url: str, sqlite_
     return {"mysql": mysql_url, "pg": pg_url, "sqlite": sqlite_url}[request.param]
 
 
-@pytest.fixture(name="traffic_redis_url")
-def _traffic_redis_url(request: pytest.FixtureRequest) -> str:
-    """Single Redis, unless a test asks for ``"cluster"`` (indirect parametrization)."""
-    if getattr(request, "param", "redis") == "cluster":
-        return request.getfixturevalue("redis_cluster_url")
-    return REDIS_URL
-
-
 @pytest.fixture(name="env")
-def _env(db_url: str, prefix: str, traffic_redis_url: str) -> Iterator[syncd.WorkloadEnv]:
-    client = redis_client_for(traffic_redis_url)
+def _env(db_url: str, prefix: str, redis_url: str) -> Iterator[syncd.WorkloadEnv]:
+    client = redis_client_for(redis_url)
     env = syncd.WorkloadEnv(client, db_url, dialect_of(db_url), connector(db_url), prefix)
     yield env
     TrafficWorkload(prefix, NODES).teardown(env)

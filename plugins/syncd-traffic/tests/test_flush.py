@@ -50,10 +50,10 @@ class TestExactlyOnce:
     """Every byte produced ends up in SQL once, even while producers keep writing."""
 
     async def test_basic_flush(self, env: syncd.WorkloadEnv, workload: TrafficWorkload,
-                               db_url: str, traffic_redis_url: str) -> None:
+                               db_url: str, redis_url: str) -> None:
         await produce(workload, env, 0, 5_000)
         config = config_for(workload, db_url, batch_size=700)
-        config["redis"] = {"url": traffic_redis_url}
+        config["redis"] = {"url": redis_url}
         async with run_daemon(config, PLUGINS) as daemon:
             result = await drain(daemon, workload, env)
         tally = workload.tally(env, 5_000)
@@ -62,23 +62,23 @@ class TestExactlyOnce:
         assert result.items == 2_000  # every node once: 5,000 items fold into 2,000 keys
 
     @pytest.mark.parametrize("db_url", ["pg"], indirect=True)
-    @pytest.mark.parametrize("traffic_redis_url", ["cluster"], indirect=True)
+    @pytest.mark.parametrize("redis_url", ["cluster"], indirect=True)
     async def test_basic_flush_on_a_cluster(
             self, env: syncd.WorkloadEnv, workload: TrafficWorkload, db_url: str,
-            traffic_redis_url: str) -> None:
+            redis_url: str) -> None:
         """The same on Redis Cluster: snapshots per slot, each applied once."""
-        await self.test_basic_flush(env, workload, db_url, traffic_redis_url)
+        await self.test_basic_flush(env, workload, db_url, redis_url)
 
     @pytest.mark.parametrize("db_url", ["mysql", "pg"], indirect=True)
     async def test_concurrent_producers(self, env: syncd.WorkloadEnv,
                                         workload: TrafficWorkload, db_url: str,
-                                        traffic_redis_url: str) -> None:
+                                        redis_url: str) -> None:
         producers, per_producer, chunk = 4, 6_000, 200
         watch = FlushWatch()
 
         def producer(index: int) -> None:
             # Its own client, as a separate application process would have.
-            client = redis_client_for(traffic_redis_url)
+            client = redis_client_for(redis_url)
             own = syncd.WorkloadEnv(client, env.database_url, env.dialect, env.connect,
                                     env.prefix)
             try:
@@ -97,7 +97,7 @@ class TestExactlyOnce:
                 client.close()
 
         config = config_for(workload, db_url, interval="20ms", batch_size=300)
-        config["redis"] = {"url": traffic_redis_url}
+        config["redis"] = {"url": redis_url}
         async with run_daemon(config, [*PLUGINS, watch]) as daemon:
             async with trio.open_nursery() as nursery:
                 for index in range(producers):

@@ -47,14 +47,14 @@ async def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int
     return proc.returncode
 
 
-@pytest.mark.parametrize(("db_url", "views_redis_url", "point"), [
+@pytest.mark.parametrize(("db_url", "redis_url", "point"), [
     ("pg", "redis", "after_snapshot"), ("pg", "redis", "after_commit"),
     ("mysql", "redis", "after_snapshot"), ("mysql", "redis", "after_commit"),
     ("pg", "cluster", "after_commit"),
-], indirect=["db_url", "views_redis_url"])
+], indirect=["db_url", "redis_url"])
 async def test_kill_and_restart(
     env: syncd.WorkloadEnv, workload: ViewsWorkload, db_url: str, point: str, tmp_path: Path,
-    views_redis_url: str,
+    redis_url: str,
 ) -> None:
     produced = 4_000
     workload.produce(env, 0, produced)
@@ -62,7 +62,7 @@ async def test_kill_and_restart(
         env.redis.incrby(workload.key(f"gone_{i}"), 1)
     config = tmp_path / "syncd.yaml"
     settings = config_for(workload, db_url, interval="200ms", batch_size=500)
-    settings["redis"] = {"url": views_redis_url}
+    settings["redis"] = {"url": redis_url}
     config.write_text(yaml.safe_dump(settings))
     log = tmp_path / "syncd.log"
     # The second batch dies: the first is committed, the rest waits.

@@ -20,17 +20,9 @@ import syncd
 from syncd.testing import REDIS_URL, wait_for_sync
 
 
-@pytest.fixture(name="votes_redis_url")
-def _votes_redis_url(request: pytest.FixtureRequest) -> str:
-    """Single Redis, unless a test asks for ``"cluster"`` (indirect parametrization)."""
-    if getattr(request, "param", "redis") == "cluster":
-        return request.getfixturevalue("redis_cluster_url")
-    return REDIS_URL
-
-
 @pytest.fixture(name="mysql_votes")
-def _mysql_votes(prefix: str, mysql_url: str, votes_redis_url: str) -> Iterator[Votes]:
-    with open_votes(prefix, mysql_url, votes_redis_url) as votes:
+def _mysql_votes(prefix: str, mysql_url: str, redis_url: str) -> Iterator[Votes]:
+    with open_votes(prefix, mysql_url, redis_url) as votes:
         yield votes
 
 
@@ -77,9 +69,9 @@ class TestCrash:
     """A SIGKILL between take and commit, or between commit and ack, loses and
     doubles nothing: the restart finishes the batch, guided by the ledger."""
 
-    @pytest.mark.parametrize(("point", "votes_redis_url"), [
+    @pytest.mark.parametrize(("point", "redis_url"), [
         ("after_take", "redis"), ("after_commit", "redis"), ("after_commit", "cluster"),
-    ], indirect=["votes_redis_url"])
+    ], indirect=["redis_url"])
     def test_sigkill_then_restart(self, mysql_votes: Votes, tmp_path: Path, point: str) -> None:
         votes = mysql_votes
         votes.workload.produce(votes.env, 0, 3000)
