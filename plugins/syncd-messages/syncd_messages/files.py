@@ -14,8 +14,14 @@ the writer's processing list) is checked against its marker:
 - the file ends with a part of it: the append was cut short; append the
   rest, so the batch is complete and no line is written twice.
 
-Appends take an exclusive ``flock`` on the file, so replicas sharing one
-directory never interleave and the offset in the marker stays true.
+Every batch, recovered or not, is checked against its marker while the
+writer holds an exclusive ``flock`` on the file it is about to append to,
+until its append is done: a replica paused before its append (SIGSTOP, a
+long GC pause) whose batch another replica reclaimed and wrote meanwhile
+finds, when it wakes, that batch's marker and appends nothing, and two
+writers of one batch never both pass the check. The lock also keeps
+replicas sharing one directory from interleaving, and the offset in the
+marker true.
 """
 
 from __future__ import annotations
@@ -73,23 +79,28 @@ class FileWriter:
     ) -> Written:
         data = b"\n".join(messages) + b"\n"
         key = marker_key(source)
-        if batch.recovered:
+        path = self.directory / file_name(queue_type, datetime.now(UTC))
+        fd, offset, created = await self._thread(_open_locked, path)
+        try:
             raw = await self.ctx.redis.run(lambda client: client.hget(key, batch.consumer))
             marker = json.loads(raw) if raw else None
             if marker and marker.get("batch") == batch.id:
-                done = await self._thread(_complete, marker, data)
+                # Begun before: by this process before a crash, or by another
+                # replica that reclaimed the batch while this one was paused.
+                done = await self._thread(_complete, marker, data,
+                                          fd if marker["file"] == str(path) else None)
                 if done is not None:
-                    self.ctx.log.info("file batch checked after a restart", extra={
-                        "batch": batch.id, "file": marker["file"],
-                        "lines_found": done, "lines_appended": len(messages) - done})
+                    self.ctx.log.info(
+                        "file batch checked after a restart" if batch.recovered else
+                        "file batch was written by another replica while this one was paused",
+                        extra={"batch": batch.id, "file": marker["file"], "lines_found": done,
+                               "lines_appended": len(messages) - done})
                     return Written(len(messages) - done, done)
                 self.ctx.log.error(
                     "file no longer matches the marker of an interrupted append "
                     "(rotated, truncated, or written by another process without the lock); "
                     "appending the batch again", extra={"batch": batch.id, "file": marker["file"]})
-        path = self.directory / file_name(queue_type, datetime.now(UTC))
-        fd, offset, created = await self._thread(_open_locked, path)
-        try:
+                offset = await self._thread(lambda: os.fstat(fd).st_size)
             marker = json.dumps({"batch": batch.id, "file": str(path), "offset": offset,
                                  "length": len(data)})
             await self.ctx.redis.run(lambda client: client.hset(key, batch.consumer, marker))
@@ -122,7 +133,7 @@ def _lock(fd: int, path: Path) -> None:
 def _open_locked(path: Path) -> tuple[int, int, bool]:
     """In a thread: open ``path`` for appending, locked; ``(fd, size, created)``."""
     created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         _lock(fd, path)
         return fd, os.fstat(fd).st_size, created
@@ -150,31 +161,38 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _complete(marker: dict[str, Any], data: bytes) -> int | None:
+def _complete(marker: dict[str, Any], data: bytes, locked: int | None = None) -> int | None:
     """In a thread: finish the batch ``data`` the marker says starts at its offset.
 
     Returns how many of its lines were found in the file already (all of
     them: nothing written now), or None when the file does not hold a
-    prefix of the batch there (the caller appends it afresh).
+    prefix of the batch there (the caller appends it afresh). ``locked`` is
+    the file's descriptor when the caller holds its lock already.
     """
     path, offset = Path(marker["file"]), int(marker["offset"])
+    if locked is not None:
+        return _complete_locked(locked, offset, data)
     try:
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
         _lock(fd, path)
-        size = os.fstat(fd).st_size
-        if size < offset:
-            return None
-        found = os.pread(fd, min(len(data), size - offset), offset)
-        if found == data:
-            os.fsync(fd)  # written before the crash, maybe not yet synced
-            return data.count(b"\n")
-        if size == offset + len(found) and data.startswith(found):
-            _append(fd, data[len(found):], None)
-            return found.count(b"\n")
-        return None
+        return _complete_locked(fd, offset, data)
     finally:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def _complete_locked(fd: int, offset: int, data: bytes) -> int | None:
+    size = os.fstat(fd).st_size
+    if size < offset:
+        return None
+    found = os.pread(fd, min(len(data), size - offset), offset)
+    if found == data:
+        os.fsync(fd)  # written before the crash, maybe not yet synced
+        return data.count(b"\n")
+    if size == offset + len(found) and data.startswith(found):
+        _append(fd, data[len(found):], None)
+        return found.count(b"\n")
+    return None

@@ -587,6 +587,7 @@ class MessagesWorker:
         started = time.perf_counter()
         writer = lane.writer
         messages = messages_of(batch.items)
+        syncd.crash_point(self.ctx.name, f"{writer.name}:before_write")
         written = await writer.write(lane.queue_type, lane.source, batch, messages)
         syncd.crash_point(self.ctx.name, f"{writer.name}:after_write")
         letters = [

@@ -125,13 +125,18 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 
 
 def start_serve(config_path: Path, log: Path, *, crash_at: str | None = None,
-                crash_after: int = 0) -> subprocess.Popen[bytes]:
-    """``syncd serve`` with the plugin found through its entry point, output in ``log``."""
+                crash_after: int = 0, stop_at: str | None = None,
+                stop_after: int = 0) -> subprocess.Popen[bytes]:
+    """``syncd serve`` with the plugin found through its entry point, output in ``log``;
+    ``crash_at`` SIGKILLs it, ``stop_at`` SIGSTOPs it, at that point (`syncd.crash_point`)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("SYNCD_") or k.startswith("SYNCD_TEST_")}
     if crash_at:
         env["SYNCD_CRASH_AT"] = crash_at
         env["SYNCD_CRASH_AFTER"] = str(crash_after)
+    if stop_at:
+        env["SYNCD_STOP_AT"] = stop_at
+        env["SYNCD_STOP_AFTER"] = str(stop_after)
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "syncd", "serve", "--config", str(config_path)],

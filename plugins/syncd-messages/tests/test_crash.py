@@ -40,6 +40,17 @@ def _everything(prefix: str, pg_url: str, redis_url: str) -> Iterator[Messages]:
         yield messages
 
 
+def file_numbers(messages: Messages) -> list[int]:
+    """The ``n`` of every line in the ``in`` files, repeats included."""
+    return [json.loads(line)["n"] for path in sorted(messages.files.glob("messages_in_*.jsonl"))
+            for line in path.read_bytes().splitlines()]
+
+
+def process_state(proc: Any) -> str:
+    """The state letter in /proc (``T``: stopped by a signal)."""
+    return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def killed(proc: Any, log: Path) -> None:
     wait_for_sync(lambda: proc.poll() is not None, 60)  # the crash point
     assert proc.returncode == -signal.SIGKILL, log.read_text()
@@ -133,6 +144,43 @@ class TestReplicas:
             assert stop_serve(survivor) == 0, log.read_text()
         assert_exact(messages)
         assert "finished the batch of a dead consumer" in log.read_text()
+
+    def test_paused_replica_woken_after_its_batch_was_reclaimed(
+        self, everything: Messages, tmp_path: Path
+    ) -> None:
+        """A replica frozen just before a file append (SIGSTOP at ``file:before_write``)
+        is taken for dead; another reclaims that batch and writes it. Woken, the
+        first goes on with the append it was about to make: the batch's marker
+        tells it the lines are in the file already, so none is written twice.
+        One queue, so that the frozen replica holds no other file's lock."""
+        messages = everything
+        count = 500
+        messages.push("in", *({"n": n} for n in range(count)))
+        log = tmp_path / "serve.log"
+        options = {"batch_size": 100, "heartbeat_ttl": "1s",
+                   "queues": {"in": messages.queues["in"]}}
+        frozen = start_serve(write_config(
+            tmp_path / "a.yaml", serve_config(messages, "replica-a", **options)),
+            log, stop_at="messages:file:before_write")
+        survivor = None
+        held = f"{lane_key(messages.queues['in'], 'file')}:processing:replica-a:batch"
+        try:
+            wait_for_sync(lambda: process_state(frozen) == "T", 60)  # stopped itself
+            assert messages.env.redis.exists(held)
+            survivor = start_serve(write_config(
+                tmp_path / "b.yaml", serve_config(messages, "replica-b", **options)), log)
+            # The survivor finishes the frozen replica's file batch, then the rest.
+            wait_for_sync(lambda: not messages.env.redis.exists(held), 60)
+            wait_for_sync(lambda: len(file_numbers(messages)) >= count, 60)
+            frozen.send_signal(signal.SIGCONT)
+            wait_for_sync(lambda: "written by another replica while this one was paused"
+                          in log.read_text() or len(file_numbers(messages)) > count, 60)
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+            assert stop_serve(frozen) == 0, log.read_text()[-5000:]
+            if survivor is not None:
+                assert stop_serve(survivor) == 0, log.read_text()[-5000:]
+        assert sorted(file_numbers(messages)) == list(range(count))
 
 
 @pytest.fixture(name="database_only")
