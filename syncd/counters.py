@@ -92,7 +92,7 @@ from redis import exceptions as redis_exceptions
 
 from syncd.deadletter import DeadLetter, push_once, script_args
 from syncd.keys import key_slot, slot_key
-from syncd.redis import is_cluster, node_scan
+from syncd.redis import is_cluster, node_scan, scan_masters
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -596,13 +596,14 @@ class CounterSnapshots:
             skip = self.inflight_prefix.encode() + b":"
             waiting, cursor = 0, 0
             if is_cluster(client):
-                for key in _scan_all(client, self.pattern, self.scan_count, self.kind, stop):
-                    if key is None:
-                        return None
+                for key in scan_masters(client, self.pattern, self.scan_count, self.kind, stop):
                     if not key.startswith(skip) and not _is_tagged_inflight(key, skip):
                         waiting += 1
                         if waiting >= cap:
                             break
+                else:
+                    if stop is not None and stop():
+                        return None
                 return min(waiting, cap) + self.in_flight(client)
             while True:
                 cursor, keys = client.scan(
@@ -710,17 +711,3 @@ def _is_tagged_inflight(key: bytes, skip: bytes) -> bool:
     _, sep, rest = key.partition(b"}:")
     return bool(sep) and rest.startswith(skip)
 
-
-def _scan_all(client: Any, match: str, count: int, kind: str,
-              stop: Callable[[], bool] | None) -> Iterator[bytes | None]:
-    """Every matching key on every master; None (then stop) once ``stop()`` says so."""
-    for node in client.get_primaries():
-        cursor = 0
-        while True:
-            cursor, batch = node_scan(client, node, cursor, match, count, kind)
-            yield from batch
-            if cursor == 0:
-                break
-            if stop is not None and stop():
-                yield None
-                return

@@ -185,6 +185,7 @@ def scan_masters(
     match: str | None = None,
     count: int = 1000,
     _type: str | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Iterator[bytes]:
     """Every key matching ``match`` (SCAN), on one node or on every master of a cluster.
 
@@ -192,7 +193,8 @@ def scan_masters(
     anything that must see every key (counter snapshots, orphan lists, test
     clean-up) goes through here. Replicas are skipped: they hold copies. A
     key may be seen twice (SCAN's own guarantee, and a slot migrating
-    between masters during the walk): callers de-duplicate.
+    between masters during the walk): callers de-duplicate. ``stop`` is asked
+    between a cluster's SCAN pages; once it says so the walk ends early.
     """
     if not is_cluster(client):
         yield from client.scan_iter(match=match, count=count, _type=_type)
@@ -204,6 +206,8 @@ def scan_masters(
             yield from batch
             if cursor == 0:
                 break
+            if stop is not None and stop():
+                return  # the caller gave up: it asks stop() again to know
 
 
 def node_scan(
