@@ -228,6 +228,8 @@ class PluginSettings:
             None: the daemon's ``lease_ttl``).
         lease_name: What replicas that share the lease call it
             (``lease_name``; None: the plugin's own choice, else its name).
+        left_out: Why the embedded default did not enable it (it cannot run
+            on SQLite or Redis Cluster), for the log; else None.
     """
 
     name: str
@@ -237,6 +239,7 @@ class PluginSettings:
     exclusive: bool = False
     lease_ttl: float | None = None
     lease_name: str | None = None
+    left_out: str | None = None
 
 
 # -- loading -------------------------------------------------------------------
@@ -399,8 +402,9 @@ def resolve_plugins(
     installed plugin runs with its defaults, so a newcomer sees it work.
     """
     sections = config.plugins
+    embedded = sections is None and embedded_default in (None, True)
     if sections is None:
-        sections = {name: {} for name in specs} if embedded_default in (None, True) else {}
+        sections = {name: {} for name in specs} if embedded else {}
     settings: dict[str, PluginSettings] = {}
     for name, raw in sections.items():
         key = f"plugins.{name}"
@@ -422,10 +426,38 @@ def resolve_plugins(
                 f"{key}.database",
                 f"no database named {database!r} (configured: {', '.join(config.databases)})",
             )
+        left_out = None
+        if enabled and (refusal := _cannot_run(config, spec, database)):
+            if not embedded:
+                raise ConfigError(*refusal)
+            # Every plugin on defaults: those that can run here, run.
+            enabled, left_out = False, refusal[1]
         options = structure(spec.config, raw, key)
         settings[name] = PluginSettings(name, enabled, database, options, exclusive,
-                                        lease_ttl, lease_name)
+                                        lease_ttl, lease_name, left_out)
     return settings
+
+
+def _cannot_run(config: Config, spec: Any, database: str) -> tuple[str, str] | None:
+    """(key, reason) if the plugin declares it cannot run on this database or Redis."""
+    from syncd.redis import is_cluster_url
+    from syncd.sql import dialect_of
+
+    key = f"plugins.{spec.name}"
+    dialects = getattr(spec, "dialects", None)
+    if spec.uses_database and dialects is not None:
+        dialect = dialect_of(config.databases[database])
+        if dialect not in dialects:
+            return (f"{key}.database", f"the {spec.name} plugin needs "
+                    f"{' or '.join(_DIALECT_NAMES.get(d, d) for d in dialects)}, "
+                    f"not {_DIALECT_NAMES.get(dialect, dialect)} ({database!r})")
+    if not getattr(spec, "redis_cluster", True) and is_cluster_url(config.redis.url):
+        return ("redis.url", f"the {spec.name} plugin does not run on Redis Cluster; "
+                "give it a single Redis (another syncd instance) or disable it")
+    return None
+
+
+_DIALECT_NAMES = {"postgresql": "PostgreSQL", "mysql": "MySQL/MariaDB", "sqlite": "SQLite"}
 
 
 def _lease_ttl(value: Any, path: str) -> float | None:

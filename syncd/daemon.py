@@ -141,6 +141,9 @@ class Daemon:
     def __attrs_post_init__(self) -> None:
         runners = {}
         for name, settings in self.settings.items():
+            if settings.left_out:
+                log.warning("plugin not started on the embedded default config",
+                            extra={"plugin": name, "reason": settings.left_out})
             if not settings.enabled:
                 continue
             found = self.discovered[name]

@@ -116,6 +116,13 @@ class PluginSpec:
             on (e.g. the in-flight namespace), so that two deployments
             writing to one database do not block each other. None: the
             plugin's name. The config's ``lease_name`` overrides it.
+        dialects: The SQL dialects it can write to (``"postgresql"``,
+            ``"mysql"``, ``"sqlite"``); None: every one syncd supports. A
+            config that points it at another is refused at start with one
+            line; the embedded default (every plugin on SQLite) leaves it
+            disabled instead.
+        redis_cluster: False if it cannot run on Redis Cluster: refused (or,
+            on the embedded default, left disabled) the same way.
     """
 
     name: str
@@ -125,6 +132,8 @@ class PluginSpec:
     uses_database: bool = True
     exclusive: bool = False
     lease_name: Callable[[Any], str] | None = None
+    dialects: tuple[str, ...] | None = None
+    redis_cluster: bool = True
 
 
 @attrs.frozen

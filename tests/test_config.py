@@ -32,6 +32,14 @@ class DemoOptions:
 
 
 SPECS = {"demo": PluginSpec(name="demo", config=DemoOptions, create=lambda ctx: None)}
+#: Plugins that declare where they cannot run.
+LIMITED = {
+    **SPECS,
+    "pgonly": PluginSpec(name="pgonly", config=DemoOptions, create=lambda ctx: None,
+                         dialects=("postgresql",)),
+    "nocluster": PluginSpec(name="nocluster", config=DemoOptions, create=lambda ctx: None,
+                            redis_cluster=False),
+}
 
 
 class TestDuration:
@@ -193,6 +201,35 @@ class TestPluginSelection:
         settings = resolve_plugins(Config(), SPECS)
         assert settings["demo"].enabled
         assert settings["demo"].database == "default"
+
+    def test_embedded_default_leaves_out_what_cannot_run(self) -> None:
+        """Every plugin on defaults means SQLite and one Redis: a plugin that
+        declares it needs PostgreSQL (or a single Redis) is left disabled,
+        not started to crash-loop."""
+        settings = resolve_plugins(Config(), LIMITED)
+        assert settings["demo"].enabled
+        assert not settings["pgonly"].enabled
+        assert settings["pgonly"].left_out == (
+            "the pgonly plugin needs PostgreSQL, not SQLite ('default')")
+        assert settings["nocluster"].enabled
+        cluster = parse_config({"redis": {"url": "redis+cluster://127.0.0.1:7000"}})
+        assert not resolve_plugins(cluster, LIMITED)["nocluster"].enabled
+
+    @pytest.mark.parametrize(("config", "message"), [
+        ({"plugins": {"pgonly": {}}},
+         r"plugins\.pgonly\.database: the pgonly plugin needs PostgreSQL, "
+         r"not SQLite \('default'\)"),
+        ({"databases": {"default": "mysql://root@127.0.0.1/test"}, "plugins": {"pgonly": {}}},
+         r"plugins\.pgonly\.database: the pgonly plugin needs PostgreSQL, not MySQL/MariaDB"),
+        ({"redis": {"url": "redis+cluster://127.0.0.1:7000"}, "plugins": {"nocluster": {}}},
+         r"redis\.url: the nocluster plugin does not run on Redis Cluster"),
+    ])
+    def test_asked_for_where_it_cannot_run(self, config: dict, message: str) -> None:
+        with pytest.raises(ConfigError, match=message):
+            resolve_plugins(parse_config(config), LIMITED)
+        ok = parse_config({**config, "plugins": {"pgonly": {"enabled": False},
+                                                 "nocluster": {"enabled": False}}})
+        assert not any(s.enabled for s in resolve_plugins(ok, LIMITED).values())
 
     def test_listed_only(self) -> None:
         assert resolve_plugins(parse_config({"plugins": {}}), SPECS) == {}

@@ -37,6 +37,7 @@ __all__ = [
     "InsertResult",
     "LedgerEntry",
     "Transaction",
+    "dialect_of",
     "open_database",
     "validate_identifier",
 ]
@@ -49,6 +50,14 @@ _SCHEMES = {
     "mariadb": ("syncd.sql.mysql", "MySQLDatabase"),
     "sqlite": ("syncd.sql.sqlite", "SQLiteDatabase"),
 }
+
+
+def dialect_of(url: str) -> str:
+    """``"postgresql"``, ``"mysql"`` or ``"sqlite"`` for a database URL syncd accepts."""
+    scheme = url.partition(":")[0].split("+", 1)[0].lower()
+    if scheme not in _SCHEMES:
+        raise ValueError(f"unsupported database URL scheme {scheme!r}")
+    return {"postgres": "postgresql", "mariadb": "mysql"}.get(scheme, scheme)
 
 
 def open_database(

@@ -39,6 +39,10 @@ def syncd_plugin() -> syncd.PluginSpec:
         config=PortfolioConfig,
         create=PortfolioWorker,
         description="BullMQ portfolio-sync jobs → on-chain balances in PostgreSQL",
+        dialects=("postgresql",),
+        # BullMQ's scripts need a {bull}-tagged prefix on a cluster, on the
+        # Node side too (see README, "Known limits").
+        redis_cluster=False,
     )
 
 
