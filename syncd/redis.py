@@ -265,33 +265,26 @@ class RedisHandle:
         follows MOVED and ASK by itself and retries TRYAGAIN and a failed-over
         node (refreshing the slot map), within its retry budget.
         """
+        options: dict[str, Any] = {
+            "client_name": client_name,
+            "max_connections": pool_size,
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": min(socket_timeout, 5.0),
+            "health_check_interval": 30,
+            "decode_responses": False,
+        }
         if is_cluster_url(url):
             parsed = parse_cluster_url(url)
+
             # RedisCluster connects in its constructor: made on first use.
             def connect() -> redis.cluster.RedisCluster:
                 return redis.cluster.RedisCluster(
                     startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in parsed.nodes],
-                    username=parsed.username,
-                    password=parsed.password,
-                    client_name=client_name,
-                    max_connections=pool_size,
-                    socket_timeout=socket_timeout,
-                    socket_connect_timeout=min(socket_timeout, 5.0),
-                    health_check_interval=30,
-                    decode_responses=False,
-                )
+                    username=parsed.username, password=parsed.password, **options)
 
             cluster = LazyCluster(connect)
             return cls(url, cluster, trio.CapacityLimiter(pool_size), on_error)
-        client = redis.Redis.from_url(
-            url,
-            client_name=client_name,
-            max_connections=pool_size,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=min(socket_timeout, 5.0),
-            health_check_interval=30,
-            decode_responses=False,
-        )
+        client = redis.Redis.from_url(url, **options)
         return cls(url, client, trio.CapacityLimiter(pool_size), on_error)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
