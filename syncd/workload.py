@@ -10,7 +10,8 @@ it uses plain clients so it shares nothing with the code under test.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -35,6 +36,24 @@ class WorkloadEnv:
     dialect: str
     connect: Callable[[], Any]
     prefix: str
+
+    @contextlib.contextmanager
+    def connection(self, *, autocommit: bool = False) -> Iterator[Any]:
+        """A new DB-API connection, closed afterwards (sqlite3's own ``with``
+        only commits); ``autocommit`` for the seeds' one-statement-at-a-time
+        baselines, whatever the driver calls it."""
+        conn = self.connect()
+        try:
+            if autocommit:
+                if self.dialect == "mysql":
+                    conn.autocommit(True)
+                elif self.dialect == "postgresql":
+                    conn.autocommit = True
+                else:
+                    conn.isolation_level = None
+            yield conn
+        finally:
+            conn.close()
 
 
 @attrs.frozen

@@ -118,7 +118,7 @@ def _workload(prefix: str, writers: list[str], variant: str, own_receiver: bool
 
     def setup(env: syncd.WorkloadEnv) -> None:
         env.redis.delete(*queues.values(), *(dead_key(q) for q in queues.values()))
-        with _connection(env) as conn:
+        with env.connection() as conn:
             cur = conn.cursor()
             cur.execute(drop_statement(env.dialect, table))
             cur.execute(create_statement(env.dialect, table))
@@ -130,7 +130,7 @@ def _workload(prefix: str, writers: list[str], variant: str, own_receiver: bool
 
     def teardown(env: syncd.WorkloadEnv) -> None:
         _stop_receiver(receiver)
-        with _connection(env) as conn:
+        with env.connection() as conn:
             conn.cursor().execute(drop_statement(env.dialect, table))
             conn.commit()
         shutil.rmtree(files, ignore_errors=True)
@@ -189,8 +189,7 @@ def _workload(prefix: str, writers: list[str], variant: str, own_receiver: bool
         sql = _insert_sql(env.dialect, table)
         lock = f"{prefix}:syncLock"
         tmp = {q: f"{prefix}:tmp:{q}" for q in queues}
-        with _connection(env) as conn:
-            _autocommit(conn, env.dialect)
+        with env.connection(autocommit=True) as conn:
             cur = conn.cursor()
             while env.redis.set(lock, "1", nx=True, px=300_000):
                 moved = 0
@@ -227,7 +226,7 @@ def _workload(prefix: str, writers: list[str], variant: str, own_receiver: bool
         rows = [(queue_type(i), stored[i], "ceiling", i, stamp)
                 for i in expected_tokens(produced)
                 if not (env.dialect == "postgresql" and refused_by_postgres(i))]
-        with _connection(env) as conn:
+        with env.connection() as conn:
             cur = conn.cursor()
             if env.dialect == "postgresql":
                 cols = ", ".join(quote(env.dialect, c) for c in COLUMNS)
@@ -277,7 +276,7 @@ def _seed_row(q: str, raw: bytes, position: int, dialect: str) -> tuple[Any, ...
 
 def _sql_tokens(env: syncd.WorkloadEnv, table: str) -> Counter[int]:
     column = "message::text" if env.dialect == "postgresql" else "message"
-    with _connection(env) as conn:
+    with env.connection() as conn:
         cur = conn.cursor()
         cur.execute(f"SELECT {column} FROM {quote(env.dialect, table)}")
         counts: Counter[int] = Counter()
@@ -350,16 +349,4 @@ def _insert_sql(dialect: str, table: str) -> str:
     return (f"INSERT INTO {quote(dialect, table)} ({columns}) "
             f"VALUES ({', '.join([mark] * len(COLUMNS))})")
 
-
-def _autocommit(conn: Any, dialect: str) -> None:
-    if dialect == "mysql":
-        conn.autocommit(True)
-    elif dialect == "sqlite":
-        conn.isolation_level = None
-    else:
-        conn.autocommit = True
-
-
-def _connection(env: syncd.WorkloadEnv) -> contextlib.closing[Any]:
-    return contextlib.closing(env.connect())
 

@@ -13,8 +13,6 @@ Everything is synchronous and uses only the plain clients in `syncd.WorkloadEnv`
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import syncd
@@ -123,7 +121,7 @@ class TrafficWorkload:
     def setup(self, env: syncd.WorkloadEnv) -> None:
         """A fresh nodes table with rows 1..nodes at zero."""
         bigint = "INTEGER" if env.dialect == "sqlite" else "BIGINT"
-        with _connection(env) as conn:
+        with env.connection() as conn:
             cur = conn.cursor()
             cur.execute(f"DROP TABLE IF EXISTS {self.table}")
             cur.execute(f"CREATE TABLE {self.table} (id {bigint} PRIMARY KEY, "
@@ -132,7 +130,7 @@ class TrafficWorkload:
             conn.commit()
 
     def teardown(self, env: syncd.WorkloadEnv) -> None:
-        with _connection(env) as conn:
+        with env.connection() as conn:
             conn.cursor().execute(f"DROP TABLE IF EXISTS {self.table}")
             conn.commit()
         keys = list(env.redis.scan_iter(match=f"{self.prefix}:*", count=1000))
@@ -208,7 +206,7 @@ class TrafficWorkload:
     def tally(self, env: syncd.WorkloadEnv, produced: int) -> syncd.Tally:
         """Bytes per node in SQL against the bytes produced for it."""
         expected = expected_bytes(produced, self.nodes)
-        with _connection(env) as conn:
+        with env.connection() as conn:
             cur = conn.cursor()
             cur.execute(f"SELECT id, traffic_used FROM {self.table} WHERE traffic_used <> 0")
             in_sql = {int(nid): int(used) for nid, used in cur.fetchall()}
@@ -238,7 +236,7 @@ class TrafficWorkload:
         head, tail = self.key_pattern.split("{node_id}")
         sql = _placeholders(
             env, f"UPDATE {self.table} SET traffic_used = traffic_used + %s WHERE id = %s")
-        with _connection(env, autocommit=True) as conn:
+        with env.connection(autocommit=True) as conn:
             cur = conn.cursor()
             for raw in env.redis.scan_iter(match=self.key("*"), count=1000):
                 key = raw.decode()
@@ -254,7 +252,7 @@ class TrafficWorkload:
     def ceiling(self, env: syncd.WorkloadEnv, produced: int) -> None:
         """The same per-node rows as one raw batched upsert per 10,000, nothing else."""
         rows = [(node, total) for node, total in expected_bytes(produced, self.nodes).items()]
-        with _connection(env) as conn:
+        with env.connection() as conn:
             cur = conn.cursor()
             for start in range(0, len(rows), CEILING_BATCH):
                 chunk = rows[start:start + CEILING_BATCH]
@@ -290,17 +288,3 @@ def _placeholders(env: syncd.WorkloadEnv, sql: str) -> str:
     return sql.replace("%s", "?") if env.dialect == "sqlite" else sql
 
 
-@contextmanager
-def _connection(env: syncd.WorkloadEnv, *, autocommit: bool = False) -> Iterator[Any]:
-    conn = env.connect()
-    try:
-        if autocommit:
-            if env.dialect == "mysql":
-                conn.autocommit(True)
-            elif env.dialect == "postgresql":
-                conn.autocommit = True
-            else:
-                conn.isolation_level = None
-        yield conn
-    finally:
-        conn.close()

@@ -12,8 +12,6 @@ Everything is synchronous and uses only the plain clients in `syncd.WorkloadEnv`
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import syncd
@@ -112,7 +110,7 @@ class ViewsWorkload:
     def setup(self, env: syncd.WorkloadEnv) -> None:
         """A fresh vods table with rows vod_1..vod_N at zero views."""
         name = "'vod_' || n" if env.dialect == "sqlite" else "CONCAT('vod_', n)"
-        with _connection(env) as conn:
+        with env.connection() as conn:
             cur = conn.cursor()
             cur.execute(f"DROP TABLE IF EXISTS {self.table}")
             cur.execute(f"CREATE TABLE {self.table} (id VARCHAR(191) PRIMARY KEY, "
@@ -122,7 +120,7 @@ class ViewsWorkload:
             conn.commit()
 
     def teardown(self, env: syncd.WorkloadEnv) -> None:
-        with _connection(env) as conn:
+        with env.connection() as conn:
             conn.cursor().execute(f"DROP TABLE IF EXISTS {self.table}")
             conn.commit()
         keys = list(env.redis.scan_iter(match=f"{self.prefix}:*", count=1000))
@@ -174,7 +172,7 @@ class ViewsWorkload:
     # -- counting ------------------------------------------------------------------
 
     def in_sql(self, env: syncd.WorkloadEnv) -> dict[str, int]:
-        with _connection(env) as conn:
+        with env.connection() as conn:
             cur = conn.cursor()
             cur.execute(f"SELECT id, views FROM {self.table} WHERE views <> 0")
             rows = {str(vid): int(views) for vid, views in cur.fetchall()}
@@ -211,7 +209,7 @@ class ViewsWorkload:
         sql = f"UPDATE {self.table} SET views = views + %s WHERE id = %s"
         if env.dialect == "sqlite":
             sql = sql.replace("%s", "?")
-        with _connection(env, autocommit=True) as conn:
+        with env.connection(autocommit=True) as conn:
             cur = conn.cursor()
             for raw in env.redis.scan_iter(match=self.key_pattern, count=1000):
                 try:
@@ -226,7 +224,7 @@ class ViewsWorkload:
         """The same increments, one raw ``UPDATE … FROM unnest(…)`` per 10,000
         (MySQL: one multi-row upsert; SQLite: executemany), nothing else."""
         rows = sorted(expected_views(produced, self.vods).items())
-        with _connection(env) as conn:
+        with env.connection() as conn:
             cur = conn.cursor()
             for start in range(0, len(rows), CEILING_BATCH):
                 chunk = rows[start:start + CEILING_BATCH]
@@ -256,17 +254,3 @@ def _sequence_sql(n: int) -> str:
 
 
 
-@contextmanager
-def _connection(env: syncd.WorkloadEnv, *, autocommit: bool = False) -> Iterator[Any]:
-    conn = env.connect()
-    try:
-        if autocommit:
-            if env.dialect == "mysql":
-                conn.autocommit(True)
-            elif env.dialect == "postgresql":
-                conn.autocommit = True
-            else:
-                conn.isolation_level = None
-        yield conn
-    finally:
-        conn.close()

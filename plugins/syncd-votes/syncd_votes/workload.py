@@ -13,7 +13,6 @@ transaction. Everything is synchronous: the harness calls it from threads.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -92,7 +91,7 @@ def votes_workload(prefix: str) -> syncd.Workload:
 
     def setup(env: syncd.WorkloadEnv) -> None:
         env.redis.delete(cfg.queue, cfg.dead_letter)
-        with _connection(env) as conn:
+        with env.connection() as conn:
             cur = conn.cursor()
             cur.execute(drop_statement(env.dialect, cfg.table))
             for statement in create_statements(env.dialect, cfg.table):
@@ -100,7 +99,7 @@ def votes_workload(prefix: str) -> syncd.Workload:
             conn.commit()
 
     def teardown(env: syncd.WorkloadEnv) -> None:
-        with _connection(env) as conn:
+        with env.connection() as conn:
             conn.cursor().execute(drop_statement(env.dialect, cfg.table))
             conn.commit()
 
@@ -126,7 +125,7 @@ def votes_workload(prefix: str) -> syncd.Workload:
             return sum(pipe.execute())
 
     def tally(env: syncd.WorkloadEnv, produced: int) -> syncd.Tally:
-        with _connection(env) as conn:
+        with env.connection() as conn:
             cur = conn.cursor()
             cur.execute(
                 f"SELECT voter_id, COUNT(*) FROM {quote(env.dialect, cfg.table)} GROUP BY voter_id"
@@ -148,8 +147,7 @@ def votes_workload(prefix: str) -> syncd.Workload:
     def baseline(env: syncd.WorkloadEnv, produced: int) -> None:
         """The seed: BRPOP one vote, validate it, INSERT it, autocommit; until empty."""
         sql = _insert_sql(env.dialect, cfg.table)
-        with _connection(env) as conn:
-            _autocommit(conn, env.dialect)
+        with env.connection(autocommit=True) as conn:
             cur = conn.cursor()
             while True:
                 popped = env.redis.brpop([cfg.queue], timeout=1)
@@ -165,7 +163,7 @@ def votes_workload(prefix: str) -> syncd.Workload:
     def ceiling(env: syncd.WorkloadEnv, produced: int) -> None:
         """The same rows in one executemany, one transaction: the database's best."""
         batch = list(rows(0, produced, env.dialect))
-        with _connection(env) as conn:
+        with env.connection() as conn:
             cur = conn.cursor()
             cur.executemany(_insert_sql(env.dialect, cfg.table), batch)
             conn.commit()
@@ -205,15 +203,3 @@ def _insert_sql(dialect: str, table: str) -> str:
             f"VALUES ({', '.join([mark] * len(COLUMNS))})")
 
 
-def _autocommit(conn: Any, dialect: str) -> None:
-    if dialect == "mysql":
-        conn.autocommit(True)
-    elif dialect == "sqlite":
-        conn.isolation_level = None
-    else:
-        conn.autocommit = True
-
-
-def _connection(env: syncd.WorkloadEnv) -> contextlib.closing[Any]:
-    """A new DB-API connection, closed afterwards (sqlite3's own ``with`` only commits)."""
-    return contextlib.closing(env.connect())
