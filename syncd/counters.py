@@ -78,7 +78,6 @@ only one commit removes it. A lease (DESIGN.md §7) avoids the wasted work.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import time
@@ -88,11 +87,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import msgpack
-from redis import exceptions as redis_exceptions
 
 from syncd.deadletter import DeadLetter, push_once, script_args
 from syncd.keys import key_slot, slot_key
-from syncd.redis import is_cluster, node_scan, scan_masters
+from syncd.redis import (
+    confirm_replicated,
+    is_cluster,
+    moved_is_try_again,
+    node_scan,
+    scan_masters,
+)
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -456,7 +460,7 @@ class CounterSnapshots:
         replies = []
         parts = {_snapshot_key(self._slot_prefix(slot), snapshot_id): slot for slot in slots}
         for node, node_parts in _by_node(client, list(parts)).items():
-            with (_moved_is_try_again(client),
+            with (moved_is_try_again(client),
                   client.get_redis_connection(node).pipeline(transaction=False) as pipe):
                 for part in node_parts:
                     slot = parts[part]
@@ -472,6 +476,9 @@ class CounterSnapshots:
             # at once by a replica's recovery: it then finishes it).
             client.hdel(self.registry_key, snapshot_id)
             return None
+        # The manifest and every part on a replica before SQL sees them (an
+        # unplanned failover would otherwise bring the counters back).
+        confirm_replicated(client, [self.registry_key, *parts])
         return Snapshot(snapshot_id, raw, recovered=False, kind=self.kind,
                         more=bool(self._waiting) or any(self._cursors.values()))
 
@@ -485,6 +492,8 @@ class CounterSnapshots:
         for snapshot_id, slots in sorted(self._manifests(client).items()):
             raw = _close_and_read(client, self.inflight_prefix, snapshot_id, slots)
             if raw:
+                confirm_replicated(client, [self.registry_key, *(
+                    _snapshot_key(self._slot_prefix(slot), snapshot_id) for slot in slots)])
                 return Snapshot(snapshot_id, raw, recovered=True, kind=self.kind, more=True)
             # Nothing taken under it (a crash before any part), or committed
             # but for the manifest: either way there is nothing to apply.
@@ -504,7 +513,7 @@ class CounterSnapshots:
             push_once(client, key, snapshot.id, payloads)
         keys = [_snapshot_key(self._slot_prefix(slot), snapshot.id) for slot in slots]
         for node, node_keys in _by_node(client, keys).items():
-            with (_moved_is_try_again(client),
+            with (moved_is_try_again(client),
                   client.get_redis_connection(node).pipeline(transaction=False) as pipe):
                 for key in node_keys:
                     pipe.unlink(key)
@@ -654,19 +663,6 @@ def _by_node(client: Any, keys: list[str]) -> dict[Any, list[str]]:
         node = client.nodes_manager.get_node_from_slot(key_slot(key))
         out.setdefault(names.setdefault(node.name, node), []).append(key)
     return out
-
-
-@contextlib.contextmanager
-def _moved_is_try_again(client: Any) -> Iterator[None]:
-    """On a master's own connection a moved slot is an error, not a redirect:
-    refresh the slot map and report it as TRYAGAIN (so `RedisHandle.run`
-    says Redis is unavailable and the flush is retried; recovery then goes
-    through the cluster client, which follows redirects)."""
-    try:
-        yield
-    except (redis_exceptions.MovedError, redis_exceptions.AskError) as exc:
-        client.nodes_manager.initialize()
-        raise redis_exceptions.TryAgainError(f"slot moved meanwhile: {exc}") from exc
 
 
 def _registry_key(inflight_prefix: str) -> str:

@@ -66,6 +66,7 @@ import trio
 from syncd.deadletter import DeadLetter, push_once, script_args
 from syncd.errors import RedisUnavailable
 from syncd.keys import derived_key, key_slot
+from syncd.redis import confirm_replicated
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -371,6 +372,7 @@ class ReliableQueue:
                 return None
         batch_id, items, sealed, recovered = found
         if recovered:
+            await self._confirm_replicated(self.consumer)
             return Batch(batch_id, items, self.consumer, recovered=True)
         closes = trio.current_time() + max_wait
         while len(items) < max_items and not sealed:
@@ -390,6 +392,7 @@ class ReliableQueue:
                 items.extend(more)
             else:
                 await trio.sleep(min(self.poll_interval, remaining))
+        await self._confirm_replicated(self.consumer)
         # sealed: another consumer reclaimed this batch while we were stalled;
         # it still goes to the caller (same id, so the ledger dedups).
         return Batch(batch_id, items, self.consumer, recovered=bool(sealed))
@@ -598,7 +601,15 @@ class ReliableQueue:
         )
         if not found:
             return None
+        # The orphan may have died before its take reached a replica.
+        await self._confirm_replicated(consumer)
         return Batch(_text(found[0]), list(found[1])[::-1], consumer, recovered=True)
+
+    async def _confirm_replicated(self, consumer: str) -> None:
+        """On a cluster: the take on a replica before the caller applies it
+        (`syncd.redis.confirm_replicated`: a failover could undo it)."""
+        if self.redis.cluster:
+            await self.redis.run(confirm_replicated, [self._keys(consumer).processing])
 
     async def close(self) -> bool:
         """Deregister on a clean shutdown; False (and stay registered) if a batch is in flight."""

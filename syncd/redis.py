@@ -10,7 +10,8 @@ thread can take an item after its task is gone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
@@ -20,6 +21,7 @@ import redis.cluster
 import trio
 
 from syncd.errors import RedisUnavailable
+from syncd.keys import hash_tag, key_slot, slot_key
 from syncd.redact import mask_url, scrub
 
 T = TypeVar("T")
@@ -126,6 +128,72 @@ def pipeline_script(pipe: Any, script: Any, keys: Sequence[Any], args: Sequence[
         pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
     else:
         script(keys=list(keys), args=list(args), client=pipe)
+
+
+#: Longest a take waits on a cluster for a replica to confirm it (WAIT's bound).
+REPLICA_WAIT = 1.0
+
+
+def confirm_replicated(client: Any, keys: Iterable[str | bytes],
+                       timeout: float = REPLICA_WAIT) -> None:
+    """On a Redis Cluster, return once every write so far to the masters of
+    ``keys`` is on one of their replicas; on a single Redis, at once.
+
+    Why: a master acknowledges a write before its replica has it, and an
+    unplanned failover promotes the replica. A take (items moved to a
+    processing list, counters renamed into a snapshot) lost that way puts
+    the data back where it was after syncd applied it to SQL under the
+    take's id: taken again under a new id, it would be counted twice. So a
+    take goes to SQL only once a replica holds it. WAIT counts the writes of
+    its own connection, so each master gets a small write (a probe key in
+    the keys' slot) and WAIT on one connection: Redis' replication stream is
+    ordered, so the probe's acknowledgement covers every earlier write.
+
+    A master with no replica connected has nothing to fail over to: no wait.
+
+    Raises:
+        redis.exceptions.TryAgainError: no replica confirmed within
+            ``timeout`` (`RedisHandle.run` makes it `RedisUnavailable`; the
+            take is still in Redis and the next attempt confirms it again).
+    """
+    if not is_cluster(client):
+        return
+    probes: dict[str, tuple[Any, str]] = {}
+    for key in keys:
+        text = key.decode() if isinstance(key, bytes) else key
+        node = client.nodes_manager.get_node_from_slot(key_slot(text))
+        tag = hash_tag(text)
+        probe = f"{{{tag}}}:syncd:replicated" if tag is not None else slot_key(
+            text, "syncd:replicated")
+        probes.setdefault(node.name, (node, probe))
+    for node, probe in probes.values():
+        with (moved_is_try_again(client),
+              client.get_redis_connection(node).pipeline(transaction=False) as pipe):
+            pipe.set(probe, b"1", px=60_000)
+            pipe.execute_command("WAIT", 1, max(1, int(timeout * 1000)))
+            pipe.delete(probe)  # leaves nothing behind (an operator reads keys)
+            _, acked, _ = pipe.execute()
+        if int(acked) >= 1:
+            continue
+        with moved_is_try_again(client):
+            connected = client.get_redis_connection(node).info("replication").get(
+                "connected_slaves", 0)
+        if connected:
+            raise redis.exceptions.TryAgainError(
+                f"no replica of {node.name} confirmed a take within {timeout:g} s")
+
+
+@contextlib.contextmanager
+def moved_is_try_again(client: Any) -> Iterator[None]:
+    """On a master's own connection a moved slot is an error, not a redirect:
+    refresh the slot map and report it as TRYAGAIN (so `RedisHandle.run`
+    says Redis is unavailable and the work is retried, through the cluster
+    client, which follows redirects)."""
+    try:
+        yield
+    except (redis.exceptions.MovedError, redis.exceptions.AskError) as exc:
+        client.nodes_manager.initialize()
+        raise redis.exceptions.TryAgainError(f"slot moved meanwhile: {exc}") from exc
 
 
 def is_cluster(client: object) -> bool:

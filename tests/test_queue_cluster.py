@@ -12,12 +12,15 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+import trio
 
 from syncd.deadletter import DeadLetter
+from syncd.errors import RedisUnavailable
+from syncd.keys import key_slot
 from syncd.queue import ReliableQueue
 from syncd.redis import RedisHandle, scan_masters
 from syncd.restore import GONE, REQUEUED, Restore, requeue_entries
-from syncd.testing import redis_client_for
+from syncd.testing import LocalCluster, redis_client_for, wait_for, wait_for_sync
 
 from . import test_deadletter, test_queue
 
@@ -96,3 +99,31 @@ async def test_requeue_on_the_cluster_within_the_slot_and_refused_across(
 async def test_dead_letters_pushed_to_lists_in_several_slots(
         handle: RedisHandle, client: Any, prefix: str) -> None:
     await test_deadletter.test_push_count_read_round_trip_large_and_binary(handle, client, prefix)
+
+
+async def test_a_take_is_handed_out_only_once_a_replica_has_it(
+        redis_cluster: LocalCluster, handle: RedisHandle, client: Any, prefix: str) -> None:
+    """An unplanned failover promotes a replica; a take it never got would
+    put the items back in the source after syncd applied them, and they
+    would be taken again under a new batch id: counted twice. With the
+    source's replica frozen, the take is refused (Redis unavailable) and
+    stays in the processing list; once the replica is back, the same batch
+    is handed out, and the replica holds it."""
+    if not redis_cluster.running:
+        pytest.skip("needs the cluster this session started (to freeze a node)")
+    source = f"{prefix}:votes"
+    client.lpush(source, b"a", b"b", b"c")
+    q = ReliableQueue(handle, source, "c1")
+    replica = redis_cluster.replica_of(redis_cluster.owner(key_slot(source)))
+    await handle.ping()  # a running daemon's client knows the slot map already
+    try:
+        with redis_cluster.frozen(replica), pytest.raises(RedisUnavailable, match="no replica"):
+            await q.take(10, 0.0, 0.05)
+        assert client.llen(source) == 0  # taken, not handed out
+        batch = await wait_for(lambda: q.take(10, 0.0, 0.05), ignore=(RedisUnavailable,))
+        assert batch.recovered and batch.items == [b"a", b"b", b"c"]  # oldest first
+        with redis_cluster.node(replica) as node:
+            node.execute_command("READONLY")
+            assert node.lrange(q.processing_key, 0, -1)[::-1] == batch.items
+    finally:
+        await trio.to_thread.run_sync(lambda: wait_for_sync(redis_cluster.healthy))

@@ -15,10 +15,13 @@ with what it last saw, and the processes already started are stopped.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -192,14 +195,7 @@ class LocalCluster:
         follows it (a coordinated failover: no acknowledged write is lost)."""
         with self.node(master_port) as master:
             master_id = master.execute_command("CLUSTER", "MYID").decode()
-        replica = None
-        for port in self.ports:
-            with self.node(port) as client:
-                info = client.info("replication")
-                if info["role"] == "slave" and int(info["master_port"]) == master_port:
-                    replica = port
-        if replica is None:
-            raise LookupError(f"no replica follows {master_port}")
+        replica = self.replica_of(master_port)
         with self.node(replica) as client:
             client.execute_command("CLUSTER", "FAILOVER")
 
@@ -214,6 +210,29 @@ class LocalCluster:
             return self.healthy()
 
         _wait("the failover", switched)
+
+    def replica_of(self, master_port: int) -> int:
+        """The port of a replica that follows the master on ``master_port``."""
+        for port in self.ports:
+            with self.node(port) as client:
+                info = client.info("replication")
+                if info["role"] == "slave" and int(info["master_port"]) == master_port:
+                    return port
+        raise LookupError(f"no replica follows {master_port}")
+
+    @contextlib.contextmanager
+    def frozen(self, port: int) -> Iterator[None]:
+        """The node on ``port`` stopped (SIGSTOP) inside the block, resumed
+        (SIGCONT) after it: it keeps its connections but answers nothing, as
+        a node in a long GC-like stall or a VM migration does."""
+        proc = self._procs[self.ports.index(port)] if self._procs else None
+        if proc is None:
+            raise LookupError("only nodes this object started can be frozen")
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL after a bound) and wait for it."""
