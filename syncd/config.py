@@ -426,20 +426,22 @@ def resolve_plugins(
                 f"{key}.database",
                 f"no database named {database!r} (configured: {', '.join(config.databases)})",
             )
+        options = structure(spec.config, raw, key)
         left_out = None
-        if enabled and (refusal := _cannot_run(config, spec, database)):
+        if enabled and (refusal := _cannot_run(config, spec, database, options)):
             if not embedded:
                 raise ConfigError(*refusal)
             # Every plugin on defaults: those that can run here, run.
             enabled, left_out = False, refusal[1]
-        options = structure(spec.config, raw, key)
         settings[name] = PluginSettings(name, enabled, database, options, exclusive,
                                         lease_ttl, lease_name, left_out)
     return settings
 
 
-def _cannot_run(config: Config, spec: Any, database: str) -> tuple[str, str] | None:
-    """(key, reason) if the plugin declares it cannot run on this database or Redis."""
+def _cannot_run(config: Config, spec: Any, database: str,
+                options: Any) -> tuple[str, str] | None:
+    """(key, reason) if the plugin declares it cannot run on this database or
+    Redis (or, on a cluster, not with these ``options``)."""
     from syncd.redis import is_cluster_url
     from syncd.sql import dialect_of
 
@@ -451,10 +453,14 @@ def _cannot_run(config: Config, spec: Any, database: str) -> tuple[str, str] | N
             return (f"{key}.database", f"the {spec.name} plugin needs "
                     f"{' or '.join(_DIALECT_NAMES.get(d, d) for d in dialects)}, "
                     f"not {_DIALECT_NAMES.get(dialect, dialect)} ({database!r})")
-    if not getattr(spec, "redis_cluster", True) and is_cluster_url(config.redis.url):
+    on_cluster = getattr(spec, "redis_cluster", True)
+    if on_cluster is True or not is_cluster_url(config.redis.url):
+        return None
+    if on_cluster is False:
         return ("redis.url", f"the {spec.name} plugin does not run on Redis Cluster; "
                 "give it a single Redis (another syncd instance) or disable it")
-    return None
+    refusal = on_cluster(options)
+    return None if refusal is None else (f"{key}.{refusal[0]}", refusal[1])
 
 
 _DIALECT_NAMES = {"postgresql": "PostgreSQL", "mysql": "MySQL/MariaDB", "sqlite": "SQLite"}

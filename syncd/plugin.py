@@ -122,7 +122,11 @@ class PluginSpec:
             line; the embedded default (every plugin on SQLite) leaves it
             disabled instead.
         redis_cluster: False if it cannot run on Redis Cluster: refused (or,
-            on the embedded default, left disabled) the same way.
+            on the embedded default, left disabled) the same way. Or a check
+            of its options there: ``redis_cluster(options)`` returns None if
+            they can, else ``(option, reason)``, refused as
+            ``plugins.<name>.<option>: <reason>`` (e.g. keys a library's
+            scripts touch together need a hash tag).
     """
 
     name: str
@@ -133,7 +137,7 @@ class PluginSpec:
     exclusive: bool = False
     lease_name: Callable[[Any], str] | None = None
     dialects: tuple[str, ...] | None = None
-    redis_cluster: bool = True
+    redis_cluster: bool | Callable[[Any], tuple[str, str] | None] = True
 
 
 @attrs.frozen

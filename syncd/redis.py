@@ -35,6 +35,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ClusterError,
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
+    # On a connection pinned to one cluster node (`RedisHandle.node_for`):
+    # its slot moved away, or the node is a replica now.
+    redis.exceptions.AskError,
+    redis.exceptions.ReadOnlyError,
     ConnectionError,
     OSError,
 )
@@ -110,8 +114,12 @@ def one_node_url(url: str) -> str:
     """
     if not is_cluster_url(url):
         return url
+    return node_url(url, *parse_cluster_url(url).nodes[0])
+
+
+def node_url(url: str, host: str, port: int) -> str:
+    """A ``redis://`` URL of the node ``host:port`` of the cluster ``url``, with its credentials."""
     parsed = parse_cluster_url(url)
-    host, port = parsed.nodes[0]
     if ":" in host:
         host = f"[{host}]"
     auth = ""
@@ -368,6 +376,32 @@ class RedisHandle:
                 self.on_error(exc)
             raise RedisUnavailable(
                 f"redis {mask_url(self.url)}: {scrub(str(exc), self.url)}") from exc
+
+    async def node_for(self, key: str) -> RedisHandle:
+        """A handle on the one Redis that serves ``key``: this handle on a
+        single Redis; on a cluster, the master of ``key``'s slot as a plain
+        Redis (sharing the cluster client's pool for that node).
+
+        For a library that speaks to one Redis only and keeps all its keys
+        under one hash tag (BullMQ's Python port; a blocking connection that
+        must show up in that node's CLIENT LIST). It does not follow the
+        slot: after a resharding or a failover its commands fail (MOVED,
+        READONLY, a dead connection) as `RedisUnavailable`; the supervisor
+        restarts the plugin, and a new ``node_for`` finds the slot's master.
+        """
+        if not self.cluster:
+            return self
+
+        def find(client: Any) -> tuple[Any, Any]:
+            # A keyed command through the cluster client follows MOVED and
+            # refreshes its slot map: after a failover the map is current.
+            client.exists(key)
+            node = client.nodes_manager.get_node_from_slot(key_slot(key))
+            return node, client.get_redis_connection(node)
+
+        node, client = await self.run(find)
+        return RedisHandle(node_url(self.url, node.host, int(node.port)), client,
+                           self.limiter, self.on_error)
 
     async def ping(self) -> None:
         """Raise `RedisUnavailable` unless Redis answers PING."""

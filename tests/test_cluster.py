@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import trio
 from redis.crc import key_slot
 
 from syncd.redact import mask_url, scrub
 from syncd.redis import RedisHandle, parse_cluster_url, scan_masters
-from syncd.testing import LocalCluster, redis_client_for
+from syncd.testing import REDIS_URL, LocalCluster, redis_client_for
 
 
 class TestClusterURL:
@@ -50,6 +51,41 @@ class TestHandle:
             assert found == set(keys)
             masters = {handle.client.get_node_from_key(key).name for key in keys}
             assert len(masters) == 3  # the keys really are spread out
+        finally:
+            handle.close()
+
+    async def test_node_for_is_the_slots_master_until_the_slot_moves(
+            self, redis_cluster: LocalCluster, redis_cluster_url: str, prefix: str) -> None:
+        """For a single-Redis library keeping its keys under one tag: the
+        slot's master as a plain Redis; after a failover its commands say
+        Redis is away, and a new ``node_for`` finds the promoted replica."""
+        from syncd.errors import RedisUnavailable
+
+        if not redis_cluster.running:
+            pytest.skip("needs the cluster this session started")
+        handle = RedisHandle.from_url(redis_cluster_url, pool_size=4)
+        key = f"{{{prefix}}}:wait"
+        try:
+            pinned = await handle.node_for(key)
+            assert not pinned.cluster
+            port = redis_cluster.owner(key_slot(key.encode()))
+            assert pinned.url == f"redis://127.0.0.1:{port}/0"
+            await pinned.run(lambda client: client.rpush(key, b"a", b"b"))
+            await pinned.run(lambda client: client.rpush(f"{{{prefix}}}:active", b"c"))
+            await trio.to_thread.run_sync(redis_cluster.fail_over, port)
+            with pytest.raises(RedisUnavailable):
+                await pinned.run(lambda client: client.lrange(key, 0, -1))
+            again = await handle.node_for(key)
+            assert again.url == f"redis://127.0.0.1:{redis_cluster.owner(key_slot(key.encode()))}/0"
+            assert again.url != pinned.url
+            assert await again.run(lambda client: client.lrange(key, 0, -1)) == [b"a", b"b"]
+        finally:
+            handle.close()
+
+    async def test_node_for_on_a_single_redis_is_the_handle_itself(self) -> None:
+        handle = RedisHandle.from_url(REDIS_URL, pool_size=2)
+        try:
+            assert await handle.node_for("anything") is handle
         finally:
             handle.close()
 

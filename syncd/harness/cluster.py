@@ -134,6 +134,11 @@ class LocalCluster:
                     return f"node {port}: {info.get('cluster_state')}"
                 role = client.info("replication")
                 if role["role"] == "master":
+                    # The master's own view, through the cluster bus: a
+                    # manual failover is refused until it knows its replica.
+                    myid = client.execute_command("CLUSTER", "MYID")
+                    if not client.execute_command("CLUSTER", "REPLICAS", myid):
+                        return f"master {port} does not know its replica yet"
                     masters += 1
                 elif role.get("master_link_status") == "up":
                     replicas += 1

@@ -17,7 +17,7 @@ import pluggy
 
 import syncd
 from syncd_portfolio import hookspecs
-from syncd_portfolio.config import PortfolioConfig
+from syncd_portfolio.config import PortfolioConfig, cluster_refusal
 from syncd_portfolio.provider import EvmProvider, Provider, ProviderError, Snapshot, TokenInfo
 from syncd_portfolio.worker import PortfolioWorker
 
@@ -40,9 +40,8 @@ def syncd_plugin() -> syncd.PluginSpec:
         create=PortfolioWorker,
         description="BullMQ portfolio-sync jobs → on-chain balances in PostgreSQL",
         dialects=("postgresql",),
-        # BullMQ's scripts need a {bull}-tagged prefix on a cluster, on the
-        # Node side too (see README, "Known limits").
-        redis_cluster=False,
+        # BullMQ's keys need a hash-tagged prefix ({bull}) on a cluster.
+        redis_cluster=cluster_refusal,
     )
 
 

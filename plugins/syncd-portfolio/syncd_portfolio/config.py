@@ -102,7 +102,8 @@ class PortfolioConfig:
         keep_failed: Failed jobs BullMQ keeps.
         chains: Chain id → provider; ``1`` and ``"1"`` are the same chain.
         breaker: The circuit breaker of each provider endpoint.
-        dead_letter: The Redis list failed jobs go to (default ``{<queue>}:dead``).
+        dead_letter: The Redis list failed jobs go to (default ``{<queue>}:dead``,
+            or ``<prefix>:<queue>:dead`` for a hash-tagged prefix such as ``{bull}``).
         jobs_table / balances_table / tokens_table: The PostgreSQL tables.
         max_users: Largest ``bulk-user-sync``.
         max_wallets: Most wallets in one user's job.
@@ -133,4 +134,25 @@ class PortfolioConfig:
 
     @property
     def dead_letter_key(self) -> str:
-        return self.dead_letter or syncd.slot_key(self.queue, "dead")
+        """``dead_letter``; else next to BullMQ's keys when their prefix has a
+        hash tag (``{bull}:portfolio-sync:dead``: one slot with the jobs, so
+        a requeue is one script on a cluster), else ``{<queue>}:dead``."""
+        if self.dead_letter:
+            return self.dead_letter
+        if syncd.hash_tag(f"{self.prefix}:{self.queue}") is not None:
+            return f"{self.prefix}:{self.queue}:dead"
+        return syncd.slot_key(self.queue, "dead")
+
+
+def cluster_refusal(config: PortfolioConfig) -> tuple[str, str] | None:
+    """Why ``config`` cannot run on Redis Cluster (`syncd.PluginSpec.redis_cluster`).
+
+    BullMQ's scripts touch many of a queue's keys at once; on a cluster
+    they must share a slot, so the prefix (or the queue name) needs a hash
+    tag, on the Node side too.
+    """
+    if syncd.hash_tag(f"{config.prefix}:{config.queue}") is not None:
+        return None
+    return ("prefix", "on Redis Cluster BullMQ's keys need a hash tag so that they share a "
+            f"slot: set prefix: '{{{config.prefix}}}' here and in the producers' Queue "
+            f"options (BullMQ's own advice), got {config.prefix!r}")

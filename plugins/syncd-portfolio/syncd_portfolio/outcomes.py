@@ -27,9 +27,9 @@ import trio
 
 import syncd
 from syncd_portfolio import store
-from syncd_portfolio.protocol import Op, Protocol
+from syncd_portfolio.protocol import SLOT_AWAY, Op, Protocol
 
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError, *SLOT_AWAY)
 
 
 @attrs.define(eq=False)

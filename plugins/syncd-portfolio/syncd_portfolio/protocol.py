@@ -45,6 +45,10 @@ ERRORS = {-1: "job does not exist", -2: "lock is missing", -3: "job is not in th
           -4: "job has pending dependencies", -5: "parent job does not exist",
           -6: "lock held by another worker"}
 
+#: Replies that mean the node no longer serves BullMQ's slot.
+SLOT_AWAY = (redis.exceptions.AskError, redis.exceptions.ReadOnlyError,
+              redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError)
+
 
 def now_ms() -> int:
     return round(time.time() * 1000)
@@ -122,6 +126,12 @@ class Protocol:
             again = self._evalsha(client, [ops[i] for i in missing])
             for i, result in zip(missing, again, strict=True):
                 results[i] = result
+        # On a cluster node pinned for BullMQ's slot: the slot moved (a
+        # failover, a resharding). Nothing ran; Redis is "away" for us, not
+        # refusing one job (the caller's handle says RedisUnavailable).
+        away = next((r for r in results if isinstance(r, SLOT_AWAY)), None)
+        if away is not None:
+            raise away
         return results
 
     def _evalsha(self, client: redis.Redis, ops: Sequence[Op]) -> list[Any]:

@@ -196,10 +196,9 @@ async def list_workers(worker: PortfolioWorker) -> dict[str, Any]:
     stems = bull.node_client_names(cfg.prefix, cfg.queue)
     key = worker.registry_key
 
-    def read(client: Any) -> tuple[list[dict[str, Any]], dict[bytes, bytes]]:
-        return client.client_list(), client.hgetall(key)
-
-    clients, registry = await worker.ctx.redis.run(read)
+    # Workers' connections are on the node that holds BullMQ's keys.
+    clients = await worker.bull_redis.run(lambda client: client.client_list())
+    registry = await worker.ctx.redis.run(lambda client: client.hgetall(key))
     found = []
     for c in clients:
         name = c.get("name") or ""

@@ -105,21 +105,17 @@ class PortfolioWorker:
     _working: int = 0
     _tables: store.Tables = attrs.field(init=False)
     _outcomes: Outcomes = attrs.field(init=False)
+    #: Where BullMQ's keys live: ``ctx.redis``, or on a cluster the master of their slot.
+    bull_redis: syncd.RedisHandle = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         cfg = self.config
-        if self.ctx.redis.cluster:
-            # BullMQ's scripts touch a queue's keys together, so on a cluster
-            # they need a hash-tagged prefix ({bull}) shared by the Node side,
-            # and the Python port's connection is a single-node one: unsupported.
-            raise syncd.ConfigError(
-                "redis.url", "the portfolio plugin (BullMQ) does not run on Redis Cluster; "
-                "give it a single Redis (another syncd instance) or disable it")
         self.metrics = JobMetrics.create(self.ctx.metrics)
         self._tables = store.Tables(cfg.jobs_table, cfg.balances_table, cfg.tokens_table)
         self._idle.set()
         self.protocol = Protocol(cfg.queue, cfg.prefix, int(float(cfg.lock_duration) * 1000))
-        self._outcomes = Outcomes(self.database, cfg.jobs_table, self.ctx.redis, self.protocol)
+        self.bull_redis = self.ctx.redis
+        self._outcomes = Outcomes(self.database, cfg.jobs_table, self.bull_redis, self.protocol)
 
     @property
     def config(self) -> PortfolioConfig:
@@ -158,6 +154,12 @@ class PortfolioWorker:
             made = await store.ensure_schema_once(self.database, self._tables)
             if made:
                 self.ctx.log.info("created", extra={"tables": ",".join(made)})
+        # On a cluster, BullMQ's keys (one hash tag) live on one master: the
+        # port and the scripts talk to it as to a single Redis. A failover or
+        # resharding fails this run as Redis unavailable; the next one finds
+        # the slot's new master.
+        self.bull_redis = await self.ctx.redis.node_for(self.protocol.keys["wait"])
+        self._outcomes.redis = self.bull_redis
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100))
         blocking = self._blocking_client()
         try:
@@ -222,7 +224,7 @@ class PortfolioWorker:
 
     def _blocking_client(self) -> redis.Redis:
         """One connection for the blocking wait on the queue's marker, named for getWorkers()."""
-        pool_kwargs = self.ctx.redis.client.connection_pool.connection_kwargs
+        pool_kwargs = self.bull_redis.client.connection_pool.connection_kwargs
         kwargs = {k: v for k, v in pool_kwargs.items()
                   if k in ("host", "port", "db", "username", "password", "path")}
         return redis.Redis(**kwargs, client_name=self.client_name,
@@ -261,7 +263,7 @@ class PortfolioWorker:
     async def _open_queue(self) -> Any:
         # The port's Queue, for the HTTP API (add, getState, remove, retry, counts).
         return bull.make_queue(self.config.queue, {
-            "connection": bull.connection(self.ctx.redis.url), "prefix": self.config.prefix})
+            "connection": bull.connection(self.bull_redis.url), "prefix": self.config.prefix})
 
     async def _drain(self, deadline: float) -> None:
         """Let running jobs finish until shortly before ``deadline``; requeue the rest."""
@@ -307,7 +309,7 @@ class PortfolioWorker:
             free = cfg.concurrency - self._working
             tokens = [self._token() for _ in range(free)]
             ops = [self.protocol.move_to_active(token) for token in tokens]
-            results = await self.ctx.redis.run(self.protocol.run, ops)
+            results = await self.bull_redis.run(self.protocol.run, ops)
             taken, delay_until = 0, 0
             for token, raw in zip(tokens, results, strict=True):
                 if isinstance(raw, Exception):
@@ -325,7 +327,9 @@ class PortfolioWorker:
             # Wait for a new job's marker (or the next delayed job's time).
             try:
                 await trio.to_thread.run_sync(blocking.bzpopmin, marker, block)
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, OSError,
+                    # On a cluster: the slot moved away from this node.
+                    redis.exceptions.AskError, redis.exceptions.ReadOnlyError) as exc:
                 raise syncd.RedisUnavailable(f"redis: {exc}") from exc
 
     def _token(self) -> str:
@@ -367,7 +371,7 @@ class PortfolioWorker:
             if not running:
                 continue
             try:
-                [lost] = await self.ctx.redis.run(
+                [lost] = await self.bull_redis.run(
                     self.protocol.run, [self.protocol.extend_locks(running)])
             except syncd.TransientError as exc:
                 self.ctx.log.warning("could not renew job locks", extra={"error": str(exc)})
@@ -383,7 +387,7 @@ class PortfolioWorker:
         while True:
             op = self.protocol.stalled_check(cfg.max_stalled, interval_ms)
             try:
-                [moved] = await self.ctx.redis.run(self.protocol.run, [op])
+                [moved] = await self.bull_redis.run(self.protocol.run, [op])
             except syncd.TransientError as exc:
                 self.ctx.log.warning("stalled check failed", extra={"error": str(exc)})
             else:
@@ -403,12 +407,13 @@ class PortfolioWorker:
         never abandoned), so a request reaches its job within half a second.
         """
         channel = self.cancel_channel
-        pubsub = self.ctx.redis.client.pubsub(ignore_subscribe_messages=True)
+        # A plain SUBSCRIBE on one node: a cluster's PUBLISH reaches every node.
+        pubsub = self.bull_redis.client.pubsub(ignore_subscribe_messages=True)
         try:
-            await self.ctx.redis.run(lambda client: pubsub.subscribe(channel))
+            await self.bull_redis.run(lambda client: pubsub.subscribe(channel))
             task_status.started()
             while True:
-                message = await self.ctx.redis.run(
+                message = await self.bull_redis.run(
                     lambda client: pubsub.get_message(timeout=0.5))
                 if message and message.get("type") == "message":
                     self.request_cancel(_text(message["data"]))
@@ -579,13 +584,13 @@ class PortfolioWorker:
         if not job.stalledCounter:
             return 0
         key = self.protocol.job_key(job.id)
-        seen = await self.ctx.redis.run(lambda c: c.hget(key, "syncdStalls"))
+        seen = await self.bull_redis.run(lambda c: c.hget(key, "syncdStalls"))
         return int(seen or 0)
 
     async def _delay_stalled(self, active: ActiveJob) -> None:
         job = active.job
         key = self.protocol.job_key(job.id)
-        await self.ctx.redis.run(lambda c: c.hset(key, "syncdStalls", job.stalledCounter))
+        await self.bull_redis.run(lambda c: c.hset(key, "syncdStalls", job.stalledCounter))
         delay = backoff_ms(job.opts.get("backoff"), max(1, job.attemptsMade + 1))
         self.ctx.log.info("stalled job retried with backoff", extra={
             "job": job.id, "in_seconds": delay / 1000})

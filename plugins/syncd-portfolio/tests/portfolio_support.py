@@ -20,13 +20,14 @@ NODE_DIR = HERE / "node"
 TRANSFER = "0xa9059cbb"  # transfer(address,uint256)
 
 
-def node(*args: str, stdin: Any = None, timeout: float = 60) -> Any:
+def node(*args: str, stdin: Any = None, timeout: float = 60, redis_url: str = REDIS_URL,
+         prefix: str = "bull") -> Any:
     """Run ``node peer.js ARGS`` and parse what it prints (JSON)."""
     proc = subprocess.run(
         ["node", str(NODE_DIR / "peer.js"), *args],
         input=None if stdin is None else (stdin if isinstance(stdin, str) else json.dumps(stdin)),
         capture_output=True, text=True, timeout=timeout, check=False,
-        env={**os.environ, "REDIS_URL": REDIS_URL},
+        env={**os.environ, "REDIS_URL": redis_url, "BULL_PREFIX": prefix},
     )
     if proc.returncode != 0:
         raise RuntimeError(f"node peer.js {' '.join(args)} failed: {proc.stderr[-2000:]}")
@@ -34,16 +35,24 @@ def node(*args: str, stdin: Any = None, timeout: float = 60) -> Any:
 
 
 class Producer:
-    """npm bullmq, as the seed's core service uses it."""
+    """npm bullmq, as the seed's core service uses it (on a cluster: ioredis'
+    Cluster and a hash-tagged prefix, as BullMQ advises)."""
+
+    def __init__(self, redis_url: str = REDIS_URL, prefix: str = "bull") -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+
+    def _node(self, *args: str, stdin: Any = None) -> Any:
+        return node(*args, stdin=stdin, redis_url=self.redis_url, prefix=self.prefix)
 
     def add(self, queue: str, jobs: list[dict[str, Any]]) -> list[str]:
-        return node("add", queue, stdin=jobs)
+        return self._node("add", queue, stdin=jobs)
 
     def counts(self, queue: str) -> dict[str, int]:
-        return node("counts", queue)
+        return self._node("counts", queue)
 
     def workers(self, queue: str) -> list[str]:
-        return node("workers", queue)
+        return self._node("workers", queue)
 
 
 def _word(value: int) -> str:

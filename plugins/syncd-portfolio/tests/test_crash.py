@@ -29,7 +29,9 @@ from portfolio_support import (
     user_job,
 )
 
-from syncd.testing import REDIS_URL, wait_for
+from syncd.keys import key_slot
+from syncd.redis import is_cluster_url
+from syncd.testing import LocalCluster, redis_client_for, wait_for
 
 
 def serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -43,28 +45,33 @@ def serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
 class TestSigkill:
     """Killed mid-jobs, restarted: every job completes once more, balances match the chain."""
 
+    @pytest.mark.parametrize("redis_url", ["redis", "cluster"], indirect=True)
     async def test_jobs_come_back(self, prefix: str, tables: str, pg_url: str, ganache: Ganache,
-                                  tokens: list[str], producer: Producer, tmp_path: Path) -> None:
+                                  tokens: list[str], redis_url: str, tmp_path: Path) -> None:
         queue = f"{prefix}_q"
+        # On a cluster BullMQ's keys share a slot through the prefix's hash tag.
+        bull = "{bull}" if is_cluster_url(redis_url) else "bull"
+        producer = Producer(redis_url, bull)
         users = {f"user{i}": [new_wallet(), new_wallet()] for i in range(8)}
         for i, wallets in enumerate(users.values()):
             for j, wallet in enumerate(wallets):
                 fund(ganache, tokens, wallet, 2 * i + j)
         flaky = FlakyRPC(ganache.url)
         flaky.delay = 0.3  # each job takes a few tenths of a second: some are in flight
-        client = redis.Redis.from_url(REDIS_URL)
-        active = lambda: client.llen(f"bull:{queue}:active")  # noqa: E731
-        completed = lambda: client.zcard(f"bull:{queue}:completed")  # noqa: E731
+        client = redis_client_for(redis_url)
+        active = lambda: client.llen(f"{bull}:{queue}:active")  # noqa: E731
+        completed = lambda: client.zcard(f"{bull}:{queue}:completed")  # noqa: E731
         async with trio.open_nursery() as nursery:
             url = await nursery.start(flaky.serve)
             config = tmp_path / "syncd.yaml"
             config.write_text(yaml.safe_dump({
-                "redis": {"url": REDIS_URL},
+                "redis": {"url": redis_url},
                 "databases": {"default": pg_url},
                 "http": {"enabled": False},
                 "instance": f"{prefix}-crashy",
                 "shutdown_grace": "10s",
-                "plugins": {"portfolio": section(prefix, url, concurrency=4)},
+                "plugins": {"portfolio": {**section(prefix, url, concurrency=4),
+                                          "prefix": bull}},
             }))
             log = tmp_path / "serve.log"
             proc = serve(config, log)
@@ -88,18 +95,78 @@ class TestSigkill:
                     proc.wait()
                 client.close()
             nursery.cancel_scope.cancel()
-        counts = await trio.to_thread.run_sync(producer.counts, queue)
-        assert counts["completed"] == len(users)
-        assert counts["active"] == counts["failed"] == 0
+        await assert_synced(producer, queue, users, ganache, tokens, pg_url, prefix)
         assert "stalled job retried with backoff" in log.read_text()
-        rows = pg_rows(pg_url, f'SELECT user_id, wallet, token, balance FROM "{prefix}_balances"')
-        found = {(u, w, t): int(b) for u, w, t, b in rows}
-        expected: dict[tuple[str, str, str], Any] = {}
-        for user, wallets in users.items():
-            for wallet in wallets:
-                expected[(user, wallet, "native")] = ganache.native_balance(wallet)
-                for token in tokens:
-                    expected[(user, wallet, token)] = ganache.token_balance(token, wallet)
-        assert found == expected
-        states = pg_rows(pg_url, f'SELECT state, count(*) FROM "{prefix}_jobs" GROUP BY state')
-        assert states == [("completed", len(users))]
+
+    async def test_failover_of_the_jobs_master_mid_run(
+            self, prefix: str, tables: str, pg_url: str, ganache: Ganache, tokens: list[str],
+            redis_cluster: LocalCluster, tmp_path: Path) -> None:
+        """CLUSTER FAILOVER of the master holding BullMQ's keys while jobs run:
+        the plugin's connections to it fail (the slot moved), it restarts on
+        the promoted replica, and every job completes, once, with the right balances."""
+        if not redis_cluster.running:
+            pytest.skip("needs the cluster this session started")
+        queue, bull = f"{prefix}_q", "{bull}"
+        producer = Producer(redis_cluster.url, bull)
+        users = {f"user{i}": [new_wallet(), new_wallet()] for i in range(8)}
+        for i, wallets in enumerate(users.values()):
+            for j, wallet in enumerate(wallets):
+                fund(ganache, tokens, wallet, 2 * i + j)
+        flaky = FlakyRPC(ganache.url)
+        flaky.delay = 0.3
+        client = redis_client_for(redis_cluster.url)
+        completed = lambda: client.zcard(f"{bull}:{queue}:completed")  # noqa: E731
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(flaky.serve)
+            config = tmp_path / "syncd.yaml"
+            config.write_text(yaml.safe_dump({
+                "redis": {"url": redis_cluster.url},
+                "databases": {"default": pg_url},
+                "http": {"enabled": False},
+                "instance": f"{prefix}-failover",
+                "shutdown_grace": "10s",
+                "plugins": {"portfolio": {**section(prefix, url, concurrency=4),
+                                          "prefix": bull}},
+            }))
+            log = tmp_path / "serve.log"
+            proc = serve(config, log)
+            try:
+                await trio.to_thread.run_sync(producer.add, queue, [
+                    {"name": "portfolio-sync", "data": user_job(u, w, tokens)}
+                    for u, w in users.items()])
+                await wait_for(lambda: completed() >= 2, timeout=60)
+                old = redis_cluster.owner(key_slot(bull))
+                await trio.to_thread.run_sync(redis_cluster.fail_over, old)
+                assert redis_cluster.owner(key_slot(bull)) != old
+                await wait_for(lambda: completed() == len(users), timeout=90,
+                               ignore=(redis.RedisError,),
+                               describe=lambda: log.read_text()[-3000:])
+                proc.send_signal(signal.SIGTERM)
+                assert await trio.to_thread.run_sync(proc.wait, 30) == 0, log.read_text()[-3000:]
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                client.close()
+            nursery.cancel_scope.cancel()
+        await assert_synced(producer, queue, users, ganache, tokens, pg_url, prefix)
+        assert 'msg="worker failed"' in log.read_text()  # it did lose its node mid-run
+
+
+async def assert_synced(producer: Producer, queue: str, users: dict[str, list[str]],
+                        ganache: Ganache, tokens: list[str], pg_url: str, prefix: str) -> None:
+    """Every job completed once; the balances in SQL are the chain's."""
+    counts = await trio.to_thread.run_sync(producer.counts, queue)
+    assert counts["completed"] == len(users)
+    assert counts["active"] == counts["failed"] == 0
+    rows = pg_rows(pg_url, f'SELECT user_id, wallet, token, balance FROM "{prefix}_balances"')
+    found = {(u, w, t): int(b) for u, w, t, b in rows}
+    expected: dict[tuple[str, str, str], Any] = {}
+    for user, wallets in users.items():
+        for wallet in wallets:
+            expected[(user, wallet, "native")] = ganache.native_balance(wallet)
+            for token in tokens:
+                expected[(user, wallet, token)] = ganache.token_balance(token, wallet)
+    assert found == expected
+    states = pg_rows(pg_url, f'SELECT state, count(*) FROM "{prefix}_jobs" GROUP BY state')
+    assert states == [("completed", len(users))]

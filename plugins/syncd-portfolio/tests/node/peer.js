@@ -6,13 +6,24 @@
 //   node peer.js work QUEUE CONCURRENCY COUNT                  -> {seconds} once COUNT jobs completed
 //   node peer.js compile                < solidity source      -> {abi, bytecode}
 //
-// Redis is REDIS_URL (default redis://127.0.0.1:6379/0); BULL_PREFIX sets the key prefix.
+// Redis is REDIS_URL (default redis://127.0.0.1:6379/0; a cluster as
+// redis+cluster://host:port[,host:port...], through ioredis' Cluster, as a
+// producer on a cluster connects); BULL_PREFIX sets the key prefix ({bull} on a cluster).
 'use strict';
 
 const fs = require('fs');
 
 function connection() {
-  const url = new URL(process.env.REDIS_URL || 'redis://127.0.0.1:6379/0');
+  const raw = process.env.REDIS_URL || 'redis://127.0.0.1:6379/0';
+  if (raw.startsWith('redis+cluster://')) {
+    const { Cluster } = require('ioredis');
+    const nodes = raw.slice('redis+cluster://'.length).split('/')[0].split(',').map((node) => {
+      const at = node.lastIndexOf(':');
+      return { host: node.slice(0, at), port: Number(node.slice(at + 1)) };
+    });
+    return new Cluster(nodes, { redisOptions: { maxRetriesPerRequest: null } });
+  }
+  const url = new URL(raw);
   return {
     host: url.hostname,
     port: Number(url.port || 6379),
