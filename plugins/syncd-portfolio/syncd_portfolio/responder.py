@@ -125,6 +125,9 @@ def _one(chain: int, call: Any) -> dict[str, Any]:
 class _Handler(BaseHTTPRequestHandler):
     # Keep-alive: syncd's httpx client reuses its connections, as with a real node.
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle on, the body waits for
+    # the client's delayed ACK, 40 ms a request (measured: 100 snapshots/s).
+    disable_nagle_algorithm = True
 
     def do_POST(self) -> None:
         try:

@@ -185,7 +185,10 @@ class _Producer:
     def add(self, env: syncd.WorkloadEnv, jobs: list[dict[str, Any]]) -> None:
         with self._lock:
             if self._loop is None:
-                loop = asyncio.new_event_loop()
+                # A plain loop, not the policy's: importing the plugin (its
+                # worker) installs trio-asyncio's policy in this process, and
+                # its loops cannot run in a thread of their own.
+                loop = asyncio.SelectorEventLoop()
                 threading.Thread(target=loop.run_forever, name="bullmq-producer",
                                  daemon=True).start()
                 self._loop = loop
