@@ -180,6 +180,7 @@ class _Producer:
     queue: str
     _loop: asyncio.AbstractEventLoop | None = None
     _bull: Queue | None = None
+    _thread: threading.Thread | None = None
     _lock: threading.Lock = attrs.Factory(threading.Lock)
 
     def add(self, env: syncd.WorkloadEnv, jobs: list[dict[str, Any]]) -> None:
@@ -189,8 +190,9 @@ class _Producer:
                 # worker) installs trio-asyncio's policy in this process, and
                 # its loops cannot run in a thread of their own.
                 loop = asyncio.SelectorEventLoop()
-                threading.Thread(target=loop.run_forever, name="bullmq-producer",
-                                 daemon=True).start()
+                self._thread = threading.Thread(target=loop.run_forever,
+                                                name="bullmq-producer", daemon=True)
+                self._thread.start()
                 self._loop = loop
                 self._bull = self._run(self._open(env))
         assert self._bull is not None
@@ -208,8 +210,8 @@ class _Producer:
 
     def close(self) -> None:
         with self._lock:
-            loop, bull = self._loop, self._bull
-            self._loop = self._bull = None
+            loop, bull, thread = self._loop, self._bull, self._thread
+            self._loop = self._bull = self._thread = None
         if loop is None:
             return
         try:
@@ -217,6 +219,10 @@ class _Producer:
                 asyncio.run_coroutine_threadsafe(bull.close(), loop).result(10)
         finally:
             loop.call_soon_threadsafe(loop.stop)
+            if thread is not None:
+                thread.join(10)
+            if not loop.is_running():
+                loop.close()
 
 
 @attrs.define(eq=False)
