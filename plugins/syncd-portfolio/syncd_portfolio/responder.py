@@ -156,6 +156,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: a replica starting (up to 100
+    # connections at once, three replicas) overflowed it, and the resets
+    # opened the daemons' circuit breakers (a chaos run dead-lettered a job).
+    request_queue_size = 1024
+
     # A SIGKILLed daemon's connections reset; that is its business, not an error to print.
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass
