@@ -46,6 +46,16 @@ def syncd_plugin() -> syncd.PluginSpec:
 
 
 @syncd.hookimpl
+def syncd_workload(plugin: str, prefix: str) -> syncd.Workload | None:
+    """Jobs for ``syncd chaos``, against a local deterministic JSON-RPC responder."""
+    if plugin != NAME:
+        return None
+    from syncd_portfolio.workload import portfolio_workload
+
+    return portfolio_workload(prefix)
+
+
+@syncd.hookimpl
 def syncd_http_routes(plugin: str, worker: Any) -> list[syncd.Route] | None:
     if plugin != NAME or not isinstance(worker, PortfolioWorker):
         return None
