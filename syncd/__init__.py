@@ -19,7 +19,7 @@ from syncd.counterflush import (
     counter_letter,
 )
 from syncd.counters import CounterSnapshots, Snapshot
-from syncd.deadletter import DeadLetter, push_dead_letters
+from syncd.deadletter import DeadLetter, forget_dead_letters_pushed, push_dead_letters
 from syncd.errors import (
     ConfigError,
     DatabaseUnavailable,
@@ -94,6 +94,7 @@ __all__ = [
     "crash_point",
     "derived_key",
     "error_kind",
+    "forget_dead_letters_pushed",
     "hash_tag",
     "hookimpl",
     "hookspec",

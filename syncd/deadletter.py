@@ -235,16 +235,41 @@ def push_once(client: Any, key: str, batch_id: str, payloads: Sequence[bytes]) -
                        args=[PUSHED_TTL, *payloads], client=client))
 
 
-async def push_dead_letters(redis: RedisHandle, entries: Sequence[DeadLetter]) -> int:
+async def push_dead_letters(redis: RedisHandle, entries: Sequence[DeadLetter], *,
+                            once: str | None = None) -> int:
     """Quarantine ``entries`` outside an ack, in one round trip; returns how many.
 
     Prefer passing dead letters to `ReliableQueue.ack` or
     `CounterSnapshots.commit`, which push them atomically with removing the
     batch; this is for items rejected before they were ever part of one.
+
+    ``once`` names what is being rejected (e.g. a job's last attempt): the
+    entries are pushed at most once for it, however often the push is
+    replayed (a job run again after its replica froze: a marker beside each
+    list, kept a day). Returns 0 for a replay.
     """
     if not entries:
         return 0
-    return await redis.run(_push, list(entries))
+    if once is None:
+        return await redis.run(_push, list(entries))
+    by_list: dict[str, list[bytes]] = {}
+    for entry in entries:
+        by_list.setdefault(entry.key, []).append(entry.encode())
+
+    def push(client: Any) -> int:
+        return sum(len(payloads) for key, payloads in by_list.items()
+                   if push_once(client, key, once, payloads))
+
+    return await redis.run(push)
+
+
+async def forget_dead_letters_pushed(redis: RedisHandle, key: str, onces: Sequence[str]) -> None:
+    """Let `push_dead_letters` push again under each of ``onces`` (to ``key``):
+    for what comes back to be tried anew (a failed job retried from its
+    first attempt, whose ``once`` names repeat)."""
+    if onces:
+        await redis.run(lambda client: client.delete(
+            *(slot_key(key, "pushed", once) for once in onces)))
 
 
 async def count(redis: RedisHandle, key: str) -> int:

@@ -67,13 +67,22 @@ def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
 
 
 class PluginLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Adds ``plugin=<name>`` to every record, merged with the caller's extra."""
+    """Adds ``plugin=<name>`` to every record, merged with the caller's extra.
+
+    A field named like a LogRecord attribute (``name``, ``msg``, ``module``…)
+    is written as ``<field>_``: `logging` raises KeyError for it, and a log
+    line must never be what stops a plugin's work (it kept portfolio jobs
+    from finishing under chaos).
+    """
 
     def process(
         self, msg: Any, kwargs: MutableMapping[str, Any]
     ) -> tuple[Any, MutableMapping[str, Any]]:
         extra: Mapping[str, Any] = kwargs.get("extra") or {}
-        kwargs["extra"] = {**(self.extra or {}), **extra}
+        fields = {**(self.extra or {})}
+        for key, value in extra.items():
+            fields[f"{key}_" if key in _STANDARD else key] = value
+        kwargs["extra"] = fields
         return msg, kwargs
 
 

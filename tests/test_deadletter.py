@@ -10,7 +10,12 @@ import pytest
 import redis
 
 from syncd import deadletter
-from syncd.deadletter import DeadLetter, push_dead_letters, script_args
+from syncd.deadletter import (
+    DeadLetter,
+    forget_dead_letters_pushed,
+    push_dead_letters,
+    script_args,
+)
 from syncd.redis import RedisHandle
 
 
@@ -81,6 +86,22 @@ async def test_push_count_read_round_trip_large_and_binary(
     assert other.payload_bytes == big_binary
     assert other == DeadLetter(f"{prefix}:other", big_binary, "r2", "votes", at=entries[1].at,
                                id=entries[1].id)
+
+
+async def test_pushed_once_per_name_until_forgotten(
+    redis_handle: RedisHandle, redis_client: redis.Redis, prefix: str
+) -> None:
+    """A job run again after a stall fails its last attempt again: one dead
+    letter, not two; once it is retried from its first attempt, it may."""
+    key = f"{prefix}:dead"
+    letter = DeadLetter(key, b"job 7", "bad wallet", "portfolio")
+    assert await push_dead_letters(redis_handle, [letter], once="job:7:3") == 1
+    assert await push_dead_letters(redis_handle, [letter], once="job:7:3") == 0
+    assert await push_dead_letters(redis_handle, [letter], once="job:8:3") == 1
+    assert await deadletter.count(redis_handle, key) == 2
+    await forget_dead_letters_pushed(redis_handle, key, ["job:7:1", "job:7:2", "job:7:3"])
+    assert await push_dead_letters(redis_handle, [letter], once="job:7:3") == 1
+    assert await deadletter.count(redis_handle, key) == 3
 
 
 def test_source_round_trips_and_is_absent_when_unknown() -> None:

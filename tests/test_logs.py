@@ -46,3 +46,14 @@ class TestFormats:
         line = LogfmtFormatter().format(record_of(caplog))
         assert "\n" not in line
         assert "RuntimeError: boom" in line
+
+    def test_a_field_named_like_a_record_attribute_is_kept_not_fatal(
+            self, caplog: pytest.LogCaptureFixture) -> None:
+        """``logging`` raises KeyError for ``extra={"name": ...}``; a plugin's
+        log call must not stop its work (it kept portfolio jobs from finishing)."""
+        with caplog.at_level(logging.INFO, logger="syncd"):
+            plugin_logger("portfolio").info("job failed", extra={
+                "name": "portfolio-sync", "module": "m", "job": "7"})
+        line = LogfmtFormatter().format(record_of(caplog))
+        assert "name_=portfolio-sync" in line and "module_=m" in line and "job=7" in line
+        assert "logger=syncd.plugin.portfolio" in line

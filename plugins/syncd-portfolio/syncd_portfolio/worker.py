@@ -546,7 +546,7 @@ class PortfolioWorker:
                 self.metrics.retries.labels(job.name).inc()
                 delay = backoff_ms(job.opts.get("backoff"), attempt)
                 self.ctx.log.info("job attempt failed; retrying", extra={
-                    "job": job.id, "name": job.name, "attempt": attempt,
+                    "job": job.id, "job_name": job.name, "attempt": attempt,
                     "in_seconds": delay / 1000, "reason": reason[:300]})
                 await self._finish(active, self.protocol.retry_later(job, reason, delay),
                                    self._outcome(job, "delayed", attempts=attempt,
@@ -610,10 +610,14 @@ class PortfolioWorker:
                             "opts": _plain_opts(job.opts), "attemptsMade": attempt},
                            separators=(",", ":"), default=str),
                 reason, self.ctx.name, source=self.config.queue)
-            await syncd.push_dead_letters(self.ctx.redis, [letter])
-            self.ctx.report(syncd.SyncResult(dead_lettered=1), None)
+            # Before BullMQ hears of the failure, so that a crash cannot lose
+            # the letter; once per attempt, so that the job run again after a
+            # stall in between (a frozen replica) does not quarantine it twice.
+            if await syncd.push_dead_letters(self.ctx.redis, [letter],
+                                             once=f"job:{job.id}:{attempt}"):
+                self.ctx.report(syncd.SyncResult(dead_lettered=1), None)
         self.ctx.log.info("job failed", extra={
-            "job": job.id, "name": job.name, "attempt": attempt, "reason": reason[:300]})
+            "job": job.id, "job_name": job.name, "attempt": attempt, "reason": reason[:300]})
         await self._finish(
             active,
             self.protocol.failed(job, reason, self.config.keep_failed),
@@ -741,6 +745,11 @@ class PortfolioWorker:
             job = (await self.enqueue_bulk([{"name": doc["name"], "data": doc["data"],
                                              "opts": opts}]))[0]
         await self._drop_dead_letters(job_id)
+        # Its attempts count from 1 again: so do the names its dead letters go by.
+        attempts = max(int(job.opts.get("attempts") or 0), self.config.attempts)
+        await syncd.forget_dead_letters_pushed(
+            self.ctx.redis, self.config.dead_letter_key,
+            [f"job:{job_id}:{n}" for n in range(1, attempts + 1)])
         await self.record(job, "waiting", attempts=0)
         self.ctx.log.info("job retried", extra={"job": job_id})
         return {"id": job_id, "name": job.name, "state": "waiting"}
@@ -783,6 +792,10 @@ class NotRetryable(Exception):
 
 
 def _reason(error: BaseException) -> str:
+    # A nursery's group of one says "Exceptions from Trio nursery (1
+    # sub-exception)": the one inside is the reason.
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
     text = str(error)
     return text if text else type(error).__name__
 
