@@ -80,18 +80,26 @@ class CircuitBreaker:
             self._set(OPEN)
 
     @asynccontextmanager
-    async def guard(self) -> AsyncIterator[None]:
+    async def guard(
+        self, *, answered: tuple[type[Exception], ...] = ()
+    ) -> AsyncIterator[None]:
         """Around one call: refuse it when open; count how it ended.
 
         A cancelled call (job timeout, cancel, shutdown) says nothing about
         the endpoint... unless it hung: a timeout is counted as a failure by
-        the caller, which knows why it was cancelled.
+        the caller, which knows why it was cancelled. Errors in ``answered``
+        mean the endpoint answered and the input was wrong (a "token" with
+        no contract): a success for the endpoint. Counted as failures, a
+        burst of bad jobs opened the circuit for every good one (chaos).
         """
         self.allow()
         try:
             yield
         except trio.Cancelled:
             self._trial = False
+            raise
+        except answered:
+            self.success()
             raise
         except Exception:
             self.failure()

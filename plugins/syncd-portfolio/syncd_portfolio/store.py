@@ -185,7 +185,12 @@ _JOB_UPSERT = (
     " failed_reason = EXCLUDED.failed_reason, returnvalue = EXCLUDED.returnvalue,"
     " created_at = COALESCE({t}.created_at, EXCLUDED.created_at),"
     " started_at = COALESCE(EXCLUDED.started_at, {t}.started_at),"
-    " finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at")
+    " finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at"
+    # An outcome of an older run never overwrites a newer run's: a replica
+    # frozen before its outcome's commit writes it when it wakes, after the
+    # job, stalled meanwhile, ran again and completed elsewhere (chaos).
+    " WHERE EXCLUDED.started_at IS NULL OR {t}.started_at IS NULL"
+    " OR EXCLUDED.started_at >= {t}.started_at")
 
 
 def _json(value: Any) -> str | None:

@@ -520,10 +520,12 @@ class PortfolioWorker:
         with active.scope:
             try:
                 result = await self._handle(job, parsed)
-            except jobs.BadJob as exc:
-                bad = str(exc)
             except Exception as exc:  # provider, circuit, backend, or a bug: retried
-                error = exc
+                bad_input = _bad_input(exc)
+                if bad_input is not None:
+                    bad = str(bad_input)
+                else:
+                    error = exc
         self._done_working(active)
         if bad is not None:
             await self._fail(active, attempt, bad)
@@ -663,7 +665,7 @@ class PortfolioWorker:
             tokens = list(user.tokens.get(chain, ()))
             infos = await self._token_metadata_cached(chain, tokens)
             provider = self.provider(chain)
-            async with self._breaker(provider.endpoint).guard():
+            async with self._breaker(provider.endpoint).guard(answered=(jobs.BadJob,)):
                 snapshot = await provider.snapshot(wallets, tokens)
             blocks[chain] = snapshot.block
             for (wallet, token), balance in snapshot.balances.items():
@@ -689,7 +691,7 @@ class PortfolioWorker:
 
     async def _token_metadata(self, chain: int, tokens: tuple[str, ...]) -> dict[str, Any]:
         provider = self.provider(chain)
-        async with self._breaker(provider.endpoint).guard():
+        async with self._breaker(provider.endpoint).guard(answered=(jobs.BadJob,)):
             found = await provider.token_metadata(list(tokens))
         if found:
             table = self.config.tokens_table
@@ -789,6 +791,21 @@ class PortfolioWorker:
 
 class NotRetryable(Exception):
     """The job exists but is not in the failed state."""
+
+
+def _bad_input(error: BaseException) -> jobs.BadJob | None:
+    """The `jobs.BadJob` that ``error`` is, alone or as every error of a
+    nursery's group (a user's chains are read in parallel): such a job fails
+    at once, and retrying it would only fail again."""
+    if isinstance(error, jobs.BadJob):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        found, rest = error.split(jobs.BadJob)
+        if found is not None and rest is None:
+            while isinstance(found, BaseExceptionGroup):
+                found = found.exceptions[0]
+            return found  # type: ignore[return-value]
+    return None
 
 
 def _reason(error: BaseException) -> str:

@@ -64,8 +64,9 @@ NATIVE_DECIMALS = 18
 NOT_A_TOKEN = "0x" + "dead" * 10
 #: A chain the workload's config does not name.
 UNKNOWN_CHAIN = 999
-#: BullMQ's key prefix (npm bullmq's default, as the seed's).
-BULL = "bull"
+#: BullMQ's key prefix: hash-tagged, as BullMQ advises for Redis Cluster, so
+#: that one workload runs on single Redis and on a cluster alike.
+BULL = "{bull}"
 #: The BullMQ lists and sets a job waits or runs in.
 WAITING_LISTS = ("wait", "active", "paused")
 WAITING_SETS = ("delayed", "prioritized", "waiting-children")
@@ -199,7 +200,13 @@ class _Producer:
         self._run(self._bull.addBulk(jobs))
 
     async def _open(self, env: syncd.WorkloadEnv) -> Queue:
-        kwargs = env.redis.connection_pool.connection_kwargs
+        if syncd.is_cluster(env.redis):
+            # The port speaks to one node: the master of the queue's slot.
+            node = env.redis.get_node_from_key(f"{BULL}:{self.queue}:wait")
+            pool = env.redis.get_redis_connection(node).connection_pool
+        else:
+            pool = env.redis.connection_pool
+        kwargs = pool.connection_kwargs
         connection = {k: kwargs[k] for k in ("host", "port", "db", "username", "password")
                       if kwargs.get(k) is not None}
         return Queue(self.queue, {"connection": connection, "prefix": BULL})

@@ -258,20 +258,30 @@ class TestBadInput:
             {"name": "portfolio-sync", "data": {"wallets": []}},
             {"name": "portfolio-sync", "data": user_job("u", [wallet], [], chain=99)},
         ]
+        # "Tokens" with no contract: the chain answers, the answer is no
+        # token. More of them than the circuit's failure threshold: they
+        # must not open it for the good job (a chaos run found they did).
+        no_code = [{"name": "portfolio-sync", "data": user_job(
+            f"u{n}", [wallet], [f"0x{'dead' * 9}{n:04x}"])} for n in range(6)]
+        bad += no_code
         good = {"name": "portfolio-sync", "data": user_job("u", [wallet], tokens)}
         ids = await add(producer, queue, [*bad, good])
+        failed, done = ids[:len(bad)], ids[len(bad)]
         async with portfolio(prefix, pg_url, ganache.url) as (_, http):
-            await wait_for(lambda: all_done(http, ids[:4], "failed"), timeout=30)
-            await wait_for(lambda: state_is(http, ids[4], "completed"), timeout=30)
-            reasons = [(await job(http, i))["failedReason"] for i in ids[:4]]
-            attempts = [(await job(http, i))["attemptsMade"] for i in ids[:4]]
+            await wait_for(lambda: all_done(http, failed, "failed"), timeout=30)
+            await wait_for(lambda: state_is(http, done, "completed"), timeout=30)
+            reasons = [(await job(http, i))["failedReason"] for i in failed]
+            attempts = [(await job(http, i))["attemptsMade"] for i in failed]
+            circuits = {c["state"] for c in (await http.get("/workers")).json()["this"]["circuits"]}
         assert "unknown job name 'portfolio-sink'" in reasons[0]
         assert "'0x123' is not an address" in reasons[1]
         assert "userId" in reasons[2]
         assert "chain 99 is not configured" in reasons[3]
-        assert attempts == [1, 1, 1, 1]
+        assert all("expected an ABI string, got 0 bytes" in r for r in reasons[4:]), reasons
+        assert attempts == [1] * len(bad)  # bad input is not retried
+        assert circuits == {"closed"}
         assert sorted(json.loads(d["payload"])["id"] for d in dead_letters(queue)) == sorted(
-            ids[:4])
+            failed)
 
 
 class TestHttpApi:

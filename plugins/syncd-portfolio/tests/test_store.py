@@ -69,5 +69,13 @@ class TestStore:
                 ("b", "completed", 2, None, None, {"chainId": 1}, True, True),
                 ("c", "failed", 2, "y", None, {"chainId": 1}, True, False),
             ]
+            # A replica frozen before committing its run's outcome ("delayed",
+            # started at 2,000) writes it when it wakes, after the job ran
+            # again elsewhere (started at 5,000) and completed: kept out.
+            await record(rec("d", "completed", 2, started=5_000, finished=6_000))
+            await record(rec("d", "delayed", 1, reason="HTTP 503", started=2_000))
+            state = await db.fetchall(f'SELECT state, attempts FROM "{names.jobs}" WHERE id = %s',
+                                      ("d",))
+            assert [tuple(r) for r in state] == [("completed", 2)]
         finally:
             await db.aclose()
