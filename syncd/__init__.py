@@ -42,7 +42,7 @@ from syncd.redis import RedisHandle, is_cluster, one_node_url, scan_masters
 from syncd.restore import NotRequeueable, Restore
 from syncd.sql import Database, Transaction
 from syncd.supervisor import error_kind
-from syncd.workload import Tally, Workload, WorkloadEnv
+from syncd.workload import Tally, Workload, WorkloadEnv, stop_process
 
 try:
     __version__ = version("syncd")
@@ -103,4 +103,5 @@ __all__ = [
     "push_dead_letters",
     "scan_masters",
     "slot_key",
+    "stop_process",
 ]

@@ -139,7 +139,7 @@ def pipeline_script(pipe: Any, script: Any, keys: Sequence[Any], args: Sequence[
 
 
 #: Longest a take waits on a cluster for a replica to confirm it (WAIT's bound).
-REPLICA_WAIT = 1.0
+REPLICA_WAIT = 2.0
 
 
 def confirm_replicated(client: Any, keys: Iterable[str | bytes],

@@ -11,6 +11,7 @@ it uses plain clients so it shares nothing with the code under test.
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -138,3 +139,17 @@ class Workload:
     def label(self) -> str:
         """``plugin`` or ``plugin (variant)``, for reports."""
         return f"{self.plugin} ({self.variant})" if self.variant else self.plugin
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, grace: float = 10.0) -> None:
+    """Stop a workload's peer process (a webhook receiver, a JSON-RPC
+    responder): SIGTERM, then SIGKILL if it has not exited within ``grace``
+    seconds; every wait bounded, and the process reaped."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(grace)

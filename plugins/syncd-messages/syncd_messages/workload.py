@@ -333,14 +333,7 @@ def _start_receiver(receiver: dict[str, Any]) -> None:
 
 
 def _stop_receiver(receiver: dict[str, Any]) -> None:
-    proc = receiver.pop("proc", None)
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    syncd.stop_process(receiver.pop("proc", None))
 
 
 def _insert_sql(dialect: str, table: str) -> str:

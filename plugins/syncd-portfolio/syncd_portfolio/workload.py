@@ -263,13 +263,7 @@ class _Responder:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        syncd.stop_process(proc)
 
 
 def portfolio_workload(prefix: str) -> syncd.Workload:

@@ -41,6 +41,28 @@ def serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
+def funded_users(ganache: Ganache, tokens: list[str]) -> dict[str, list[str]]:
+    """Eight users of two wallets each, every wallet holding something."""
+    users = {f"user{i}": [new_wallet(), new_wallet()] for i in range(8)}
+    for i, wallets in enumerate(users.values()):
+        for j, wallet in enumerate(wallets):
+            fund(ganache, tokens, wallet, 2 * i + j)
+    return users
+
+
+def write_config(path: Path, *, redis_url: str, pg_url: str, prefix: str, rpc_url: str,
+                 bull: str, instance: str) -> Path:
+    path.write_text(yaml.safe_dump({
+        "redis": {"url": redis_url},
+        "databases": {"default": pg_url},
+        "http": {"enabled": False},
+        "instance": instance,
+        "shutdown_grace": "10s",
+        "plugins": {"portfolio": {**section(prefix, rpc_url, concurrency=4), "prefix": bull}},
+    }))
+    return path
+
+
 @pytest.mark.slow
 class TestSigkill:
     """Killed mid-jobs, restarted: every job completes once more, balances match the chain."""
@@ -52,10 +74,7 @@ class TestSigkill:
         # On a cluster BullMQ's keys share a slot through the prefix's hash tag.
         bull = "{bull}" if is_cluster_url(redis_url) else "bull"
         producer = Producer(redis_url, bull)
-        users = {f"user{i}": [new_wallet(), new_wallet()] for i in range(8)}
-        for i, wallets in enumerate(users.values()):
-            for j, wallet in enumerate(wallets):
-                fund(ganache, tokens, wallet, 2 * i + j)
+        users = funded_users(ganache, tokens)
         flaky = FlakyRPC(ganache.url)
         flaky.delay = 0.3  # each job takes a few tenths of a second: some are in flight
         client = redis_client_for(redis_url)
@@ -63,16 +82,9 @@ class TestSigkill:
         completed = lambda: client.zcard(f"{bull}:{queue}:completed")  # noqa: E731
         async with trio.open_nursery() as nursery:
             url = await nursery.start(flaky.serve)
-            config = tmp_path / "syncd.yaml"
-            config.write_text(yaml.safe_dump({
-                "redis": {"url": redis_url},
-                "databases": {"default": pg_url},
-                "http": {"enabled": False},
-                "instance": f"{prefix}-crashy",
-                "shutdown_grace": "10s",
-                "plugins": {"portfolio": {**section(prefix, url, concurrency=4),
-                                          "prefix": bull}},
-            }))
+            config = write_config(tmp_path / "syncd.yaml", redis_url=redis_url, pg_url=pg_url,
+                                  prefix=prefix, rpc_url=url, bull=bull,
+                                  instance=f"{prefix}-crashy")
             log = tmp_path / "serve.log"
             proc = serve(config, log)
             try:
@@ -108,26 +120,16 @@ class TestSigkill:
             pytest.skip("needs the cluster this session started")
         queue, bull = f"{prefix}_q", "{bull}"
         producer = Producer(redis_cluster.url, bull)
-        users = {f"user{i}": [new_wallet(), new_wallet()] for i in range(8)}
-        for i, wallets in enumerate(users.values()):
-            for j, wallet in enumerate(wallets):
-                fund(ganache, tokens, wallet, 2 * i + j)
+        users = funded_users(ganache, tokens)
         flaky = FlakyRPC(ganache.url)
         flaky.delay = 0.3
         client = redis_client_for(redis_cluster.url)
         completed = lambda: client.zcard(f"{bull}:{queue}:completed")  # noqa: E731
         async with trio.open_nursery() as nursery:
             url = await nursery.start(flaky.serve)
-            config = tmp_path / "syncd.yaml"
-            config.write_text(yaml.safe_dump({
-                "redis": {"url": redis_cluster.url},
-                "databases": {"default": pg_url},
-                "http": {"enabled": False},
-                "instance": f"{prefix}-failover",
-                "shutdown_grace": "10s",
-                "plugins": {"portfolio": {**section(prefix, url, concurrency=4),
-                                          "prefix": bull}},
-            }))
+            config = write_config(tmp_path / "syncd.yaml", redis_url=redis_cluster.url,
+                                  pg_url=pg_url, prefix=prefix, rpc_url=url, bull=bull,
+                                  instance=f"{prefix}-failover")
             log = tmp_path / "serve.log"
             proc = serve(config, log)
             try:
