@@ -119,6 +119,9 @@ class Workload:
             it is not the hook's ``prefix`` as given: each variant names its
             keys apart, e.g. ``f"{prefix}_all"``, so that resetting one
             (every key containing its prefix) leaves the others alone.
+        max_rate: The most items per second `syncd chaos` produces for it
+            (``--rate`` above it is capped): a plugin whose items are slow
+            jobs drains far fewer than the default rate. None: no cap.
     """
 
     plugin: str
@@ -134,6 +137,7 @@ class Workload:
     dialects: tuple[str, ...] = ()
     variant: str = ""
     prefix: str | None = None
+    max_rate: float | None = None
 
     @property
     def label(self) -> str:

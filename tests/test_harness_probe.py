@@ -298,3 +298,25 @@ class TestVariants:
         first, second = subjects
         assert second.prefix == f"{first.prefix}_big"
         assert second.workload.options["source"].startswith(second.prefix)
+
+
+class TestRate:
+    """A workload of slow jobs caps what chaos produces for it; the others get ``--rate``."""
+
+    def test_max_rate_caps_the_chaos_rate(self) -> None:
+        import random
+
+        from syncd.harness.chaos import ChaosOptions, ChaosRun
+        from syncd.harness.env import Subject, Target
+
+        workload = syncd_workload(NAME, "t_rate")
+        assert workload is not None
+
+        def run(rate: float, max_rate: float | None) -> ChaosRun:
+            subject = Subject(NAME, "t_rate", attrs.evolve(workload, max_rate=max_rate))
+            return ChaosRun(subject, Target("pg", "postgresql://x"), ChaosOptions(rate=rate),
+                            random.Random(0), lambda line: None, {})
+
+        assert run(2000, 300).rate == 300
+        assert run(200, 300).rate == 200
+        assert run(2000, None).rate == 2000

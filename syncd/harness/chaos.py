@@ -454,8 +454,19 @@ class ChaosRun:
     def label(self) -> str:
         return f"{self.subject.label}/{self.target.name}"
 
+    @property
+    def rate(self) -> float:
+        """Items produced per second: ``--rate``, capped at the workload's
+        `Workload.max_rate` (a job worker drains far fewer than a counter
+        flusher, and a backlog that cannot drain in time fails the run)."""
+        cap = self.workload.max_rate
+        return self.options.rate if cap is None else min(self.options.rate, cap)
+
     async def run(self) -> ChaosRow:
         started = time.perf_counter()
+        if self.rate < self.options.rate:
+            self.progress(f"[chaos] {self.label}: producing {self.rate:g} items/s, "
+                          "the most its workload drains under chaos (max_rate)")
         tmp = Path(tempfile.mkdtemp(prefix=f"syncd-chaos-{self.subject.plugin}-"))
         procs = [self._process(tmp, n) for n in range(self.options.replicas)]
         self.row.log = str(procs[0].log) if len(procs) == 1 else str(tmp)
@@ -590,7 +601,7 @@ class ChaosRun:
         started = trio.current_time()
         try:
             while self._producing:
-                owed = int((trio.current_time() - started) * self.options.rate) - self.produced
+                owed = int((trio.current_time() - started) * self.rate) - self.produced
                 if owed > 0:
                     await trio.to_thread.run_sync(
                         self.workload.produce, env, self.produced, owed)

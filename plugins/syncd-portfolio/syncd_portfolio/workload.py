@@ -57,6 +57,8 @@ import syncd
 from syncd_portfolio.provider import NATIVE
 from syncd_portfolio.responder import TOKENS, balance
 
+#: Jobs per second `syncd chaos` produces at most (`syncd.Workload.max_rate`).
+MAX_RATE = 300.0
 #: Items per ``addBulk`` (one Redis pipeline).
 CHUNK = 500
 NATIVE_DECIMALS = 18
@@ -354,6 +356,9 @@ def portfolio_workload(prefix: str) -> syncd.Workload:
     return syncd.Workload(
         plugin="portfolio", options=options, unit="jobs", setup=setup, produce=produce,
         pending=pending, tally=tally, teardown=teardown, dialects=("postgresql",),
+        # Jobs, not counters: at the default 2,000/s the backlog cannot drain
+        # within the run on two cores; 300/s does, with 3 replicas and faults.
+        max_rate=MAX_RATE,
     )
 
 
