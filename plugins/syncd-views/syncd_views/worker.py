@@ -87,7 +87,8 @@ class ViewsWorker:
                      ctx.redis.client.register_script(_PUBLISH))
         worker.flusher = syncd.CounterFlusher(
             ctx, spec, ViewsJudge(config, ctx.name), views_metrics(ctx.metrics),
-            on_commit=worker._publish if config.totals_channel is not None else None)
+            on_commit=worker._publish if config.totals_channel is not None else None,
+            wants_totals=worker._listened if config.totals_channel is not None else None)
         return worker
 
     @property
@@ -127,6 +128,17 @@ class ViewsWorker:
         return None
 
     # -- live totals ----------------------------------------------------------------------
+
+    async def _listened(self) -> bool:
+        """Before each batch: does anybody listen for totals (PUBSUB NUMSUB)?
+
+        If not, the batch reads none back. A subscriber that arrives during
+        the batch gets the totals of the batches after it, as one that
+        subscribed a moment later would: pub/sub promises nothing older.
+        """
+        channel = self.config.totals_channel
+        return bool(await self.ctx.redis.run(
+            lambda client: client.pubsub_numsub(channel)[0][1]))
 
     async def _publish(self, totals: Mapping[Any, tuple[int, ...]]) -> None:
         """After a commit: ``{"vodId", "views"}`` per VOD the batch changed.

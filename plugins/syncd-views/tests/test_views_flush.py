@@ -268,6 +268,32 @@ class TestTotals:
         assert workload.tally(env, 4_500).ok
 
 
+    @pytest.mark.parametrize("db_url", ["pg"], indirect=True)
+    async def test_nobody_listening_reads_no_totals_back(
+        self, env: syncd.WorkloadEnv, workload: ViewsWorkload, db_url: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """With no subscriber on the totals channel, a batch neither reads
+        its totals back in SQL (a tenth of a flush) nor publishes any."""
+        from syncd_views.worker import ViewsWorker
+
+        handed: list[int] = []
+        publish = ViewsWorker._publish
+
+        async def recorded_publish(self: ViewsWorker, totals: Any) -> None:
+            handed.append(len(totals))
+            await publish(self, totals)
+
+        monkeypatch.setattr(ViewsWorker, "_publish", recorded_publish)
+        assert env.redis.pubsub_numsub(workload.totals_channel)[0][1] == 0
+        async with run_daemon(config_for(workload, db_url, batch_size=300), PLUGINS) as daemon:
+            await trio.to_thread.run_sync(workload.produce, env, 0, 1_500)
+            await drain(daemon, workload, env)
+            assert sample(daemon, "views_totals_published_total") == 0
+        assert handed == []
+        assert workload.tally(env, 1_500).ok
+
+
 class TestRedisRestart:
     """A Redis of its own, stopped and started again on the same port: the
     subscription is lost, noticed, and comes back by itself."""
