@@ -38,6 +38,7 @@ import contextlib
 import os
 import resource
 import socket
+import statistics
 import subprocess
 import time
 import uuid
@@ -249,9 +250,11 @@ def main() -> None:
                         help="subscribe a redis-cli to the totals channel during the CPU part")
     args = parser.parse_args()
     per = 100_000 / args.counters
+    rounds: list[dict[str, float]] = []
     for n in range(1, args.rounds + 1):
         if args.skip != "cpu":
             f = trio.run(cpu_round, args.counters, args.database, args.listener)
+            rounds.append(f)
             print(f"round {n} cpu: {args.counters:,} counters in {f['seconds']:.3f} s "
                   f"({args.counters / f['seconds']:,.0f}/s, tally {'ok' if f['ok'] else 'WRONG'}, "
                   f"{f['published']:,.0f} totals published); "
@@ -268,6 +271,22 @@ def main() -> None:
                   f"updates/s (publisher alone {f['publish_seconds']:.3f} s); in the counters "
                   f"{f['stored']:,} ({lost}); "
                   f"CPU s: syncd {f['syncd']:.3f}, redis {f['redis']:.3f}", flush=True)
+    if rounds:
+        summarize(rounds, per)
+
+
+def summarize(rounds: list[dict[str, float]], per: float) -> None:
+    """Medians over the rounds, and in how many syncd's own CPU stayed below the database's."""
+    def median(key: str) -> float:
+        return statistics.median(f[key] for f in rounds)
+
+    below = sum(f["syncd"] < f["syncd_db"] for f in rounds)
+    ratios = [f["ceiling_seconds"] / f["seconds"] for f in rounds]
+    print(f"median of {len(rounds)} rounds: CPU s per 100k: syncd {median('syncd') * per:.3f}, "
+          f"redis {median('syncd_redis') * per:.3f}, database {median('syncd_db') * per:.3f} "
+          f"(syncd below the database in {below} of {len(rounds)} rounds); syncd / raw update "
+          f"{statistics.median(ratios):.2f}x (rounds {', '.join(f'{r:.2f}' for r in ratios)})",
+          flush=True)
 
 
 if __name__ == "__main__":
