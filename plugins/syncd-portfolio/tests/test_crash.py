@@ -29,6 +29,7 @@ from portfolio_support import (
     user_job,
 )
 
+import syncd
 from syncd.keys import key_slot
 from syncd.redis import is_cluster_url
 from syncd.testing import LocalCluster, redis_client_for, wait_for
@@ -39,6 +40,14 @@ def serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "syncd", "serve", "--config", str(config)],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def stop_cleanly(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """SIGTERM: a graceful stop, exit 0 within 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    code = await trio.to_thread.run_sync(proc.wait, 30)
+    if code != 0:
+        raise AssertionError(f"exit {code}: {(await trio.Path(log).read_text())[-3000:]}")
 
 
 def funded_users(ganache: Ganache, tokens: list[str]) -> dict[str, list[str]]:
@@ -99,12 +108,9 @@ class TestSigkill:
 
                 proc = serve(config, log)
                 await wait_for(lambda: completed() == len(users), timeout=90)
-                proc.send_signal(signal.SIGTERM)
-                assert await trio.to_thread.run_sync(proc.wait, 30) == 0, log.read_text()[-3000:]
+                await stop_cleanly(proc, log)
             finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+                syncd.stop_process(proc)
                 client.close()
             nursery.cancel_scope.cancel()
         await assert_synced(producer, queue, users, ganache, tokens, pg_url, prefix)
@@ -143,12 +149,9 @@ class TestSigkill:
                 await wait_for(lambda: completed() == len(users), timeout=90,
                                ignore=(redis.RedisError,),
                                describe=lambda: log.read_text()[-3000:])
-                proc.send_signal(signal.SIGTERM)
-                assert await trio.to_thread.run_sync(proc.wait, 30) == 0, log.read_text()[-3000:]
+                await stop_cleanly(proc, log)
             finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+                syncd.stop_process(proc)
                 client.close()
             nursery.cancel_scope.cancel()
         await assert_synced(producer, queue, users, ganache, tokens, pg_url, prefix)
