@@ -453,14 +453,22 @@ def _cannot_run(config: Config, spec: Any, database: str,
             return (f"{key}.database", f"the {spec.name} plugin needs "
                     f"{' or '.join(_DIALECT_NAMES.get(d, d) for d in dialects)}, "
                     f"not {_DIALECT_NAMES.get(dialect, dialect)} ({database!r})")
+    if not is_cluster_url(config.redis.url):
+        return None
+    return cluster_refusal(spec, options)
+
+
+def cluster_refusal(spec: Any, options: Any) -> tuple[str, str] | None:
+    """(key, reason) if the plugin cannot run on Redis Cluster with these
+    options (`PluginSpec.redis_cluster`), else None."""
     on_cluster = getattr(spec, "redis_cluster", True)
-    if on_cluster is True or not is_cluster_url(config.redis.url):
+    if on_cluster is True:
         return None
     if on_cluster is False:
         return ("redis.url", f"the {spec.name} plugin does not run on Redis Cluster; "
                 "give it a single Redis (another syncd instance) or disable it")
     refusal = on_cluster(options)
-    return None if refusal is None else (f"{key}.{refusal[0]}", refusal[1])
+    return None if refusal is None else (f"plugins.{spec.name}.{refusal[0]}", refusal[1])
 
 
 _DIALECT_NAMES = {"postgresql": "PostgreSQL", "mysql": "MySQL/MariaDB", "sqlite": "SQLite"}

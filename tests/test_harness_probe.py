@@ -320,3 +320,36 @@ class TestRate:
         assert run(2000, 300).rate == 300
         assert run(200, 300).rate == 200
         assert run(2000, None).rate == 2000
+
+
+class _NoCluster:
+    """The probe under another name, declared unable to run on Redis Cluster."""
+
+    @syncd.hookimpl
+    def syncd_plugin(self) -> syncd.PluginSpec:
+        return syncd.PluginSpec(name="solo", config=ProbeConfig, create=ProbeWorker,
+                                redis_cluster=False)
+
+    @syncd.hookimpl
+    def syncd_workload(self, plugin: str, prefix: str) -> syncd.Workload | None:
+        base = syncd_workload(NAME, prefix) if plugin == "solo" else None
+        return None if base is None else attrs.evolve(base, plugin="solo")
+
+
+class TestClusterRefusal:
+    """bench and chaos on a cluster leave out a plugin that declares it cannot run there."""
+
+    def test_skipped_with_the_reason_on_a_cluster_only(self) -> None:
+        from syncd.harness.env import runs
+
+        pm = get_plugin_manager([_NoCluster()], autoload=False)
+        lines: list[str] = []
+        found = list(runs(pm, ["solo"], ["pg"], stem="chaos", progress=lines.append,
+                          redis_url="redis+cluster://127.0.0.1:7000"))
+        assert found == []
+        assert lines == ["[chaos] solo: skipped on Redis Cluster (redis.url: the solo plugin "
+                         "does not run on Redis Cluster; give it a single Redis (another syncd "
+                         "instance) or disable it)"]
+        single = list(runs(pm, ["solo"], ["pg"], stem="chaos", progress=lines.append,
+                           redis_url="redis://127.0.0.1:6379/0"))
+        assert [(s.plugin, t.name) for s, t in single] == [("solo", "pg")]

@@ -93,7 +93,8 @@ async def run_bench(
     return [
         await bench_one(subject, target, options, pm, progress)
         for subject, target in runs(pm, options.plugins, options.databases,
-                                    stem="bench", progress=progress)
+                                    stem="bench", progress=progress,
+                                    redis_url=options.redis_url)
     ]
 
 

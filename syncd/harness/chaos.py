@@ -136,7 +136,8 @@ async def run_chaos(
     specs = {name: found.spec for name, found in discover(pm).items()}
     rows = []
     for subject, target in runs(pm, options.plugins, options.databases,
-                                stem="chaos", progress=progress):
+                                stem="chaos", progress=progress,
+                                redis_url=options.redis_url):
         rng = random.Random(f"{options.seed}:{subject.label}:{target.name}")
         run = ChaosRun(subject, target, options, rng, progress, _child_env(environ),
                        replica_options(specs[subject.plugin].config, options.replicas))

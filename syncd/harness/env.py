@@ -230,19 +230,33 @@ def runs(
     *,
     stem: str,
     progress: Callable[[str], None],
+    redis_url: str | None = None,
 ) -> Iterator[tuple[Subject, Target]]:
     """Every (plugin, database) pair a bench or chaos run covers, in order.
 
-    Plugins whose workload cannot write to a database are skipped with a
-    progress line saying why.
+    Plugins whose workload cannot write to a database, or that cannot run on
+    ``redis_url`` when it is a Redis Cluster (`PluginSpec.redis_cluster`,
+    with the workload's options), are skipped with a progress line saying why.
     """
+    from syncd.config import cluster_refusal, structure
     from syncd.manager import get_plugin_manager
+    from syncd.redis import is_cluster_url
 
-    subjects = find_subjects(pm or get_plugin_manager(), plugins, stem=stem)
+    pm = pm or get_plugin_manager()
+    subjects = find_subjects(pm, plugins, stem=stem)
     targets = resolve_databases(databases)
+    specs = {name: found.spec for name, found in discover(pm).items()}
     if not subjects:
         progress("no installed plugin provides a workload; nothing to do")
     for subject in subjects:
+        if redis_url is not None and is_cluster_url(redis_url):
+            spec = specs[subject.plugin]
+            refusal = cluster_refusal(spec, structure(
+                spec.config, dict(subject.workload.options), f"plugins.{spec.name}"))
+            if refusal is not None:
+                progress(f"[{stem}] {subject.label}: skipped on Redis Cluster "
+                         f"({refusal[0]}: {refusal[1]})")
+                continue
         for target in targets:
             if supports(subject.workload, target):
                 yield subject, target
