@@ -245,11 +245,12 @@ def runs(
     pm = pm or get_plugin_manager()
     subjects = find_subjects(pm, plugins, stem=stem)
     targets = resolve_databases(databases)
-    specs = {name: found.spec for name, found in discover(pm).items()}
+    cluster = redis_url is not None and is_cluster_url(redis_url)
+    specs = {name: found.spec for name, found in discover(pm).items()} if cluster else {}
     if not subjects:
         progress("no installed plugin provides a workload; nothing to do")
     for subject in subjects:
-        if redis_url is not None and is_cluster_url(redis_url):
+        if cluster:
             spec = specs[subject.plugin]
             refusal = cluster_refusal(spec, structure(
                 spec.config, dict(subject.workload.options), f"plugins.{spec.name}"))
