@@ -56,8 +56,15 @@ def ensure_schema(tx: syncd.Transaction, tables: Tables) -> list[str]:
             " started_at TIMESTAMPTZ,"
             " finished_at TIMESTAMPTZ,"
             " updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
+            " run INTEGER NOT NULL DEFAULT 0,"
             " PRIMARY KEY (queue, id))")
         made.append(tables.jobs)
+    elif not tx.fetchall(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+            " AND table_name = %s AND column_name = 'run'", (tables.jobs,)):
+        # A table made before outcomes were ordered by run.
+        tx.execute(f"ALTER TABLE {j} ADD COLUMN IF NOT EXISTS run INTEGER NOT NULL DEFAULT 0")
+        made.append(f"{tables.jobs}.run")
     index = f"{tables.jobs}_state_idx"[:63]
     if not tx.index_exists(tables.jobs, index):
         tx.execute(f"CREATE INDEX IF NOT EXISTS {tx.quote_column(index)} "
@@ -126,6 +133,9 @@ class JobRecord:
     created_ms: int | None = None
     started_ms: int | None = None
     finished_ms: int | None = None
+    #: The run this outcome is of: BullMQ's attemptsStarted, counted in Redis
+    #: by every moveToActive (0 for a job not run yet). Orders outcomes.
+    run: int = 0
 
 
 def record_jobs(tx: syncd.Transaction, table: str, records: Sequence[JobRecord], *,
@@ -149,12 +159,12 @@ def record_jobs(tx: syncd.Transaction, table: str, records: Sequence[JobRecord],
         rows = [
             (r.queue, r.id, r.name, _json(r.data), r.state, r.attempts, r.failed_reason,
              _json(r.returnvalue), _ts(r.created_ms), _ts(r.started_ms), _ts(r.finished_ms),
-             now)
+             now, r.run)
             for r in records
         ]
         tx.executemany(
             f"INSERT INTO {t} ({_JOB_COLUMNS})"
-            " VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s::jsonb, %s, %s, %s, %s)"
+            " VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s)"
             + _JOB_UPSERT.replace("{t}", t),
             rows,
         )
@@ -166,31 +176,35 @@ def record_jobs(tx: syncd.Transaction, table: str, records: Sequence[JobRecord],
         [r.attempts for r in ordered], [r.failed_reason for r in ordered],
         [_json(r.returnvalue) for r in ordered], [_ts(r.created_ms) for r in ordered],
         [_ts(r.started_ms) for r in ordered], [_ts(r.finished_ms) for r in ordered],
+        [r.run for r in ordered],
     )
     tx.execute(
         f"INSERT INTO {t} ({_JOB_COLUMNS})"
-        " SELECT q, i, n, d::jsonb, s, a, f, r::jsonb, c, st, fi, %s FROM unnest("
+        " SELECT q, i, n, d::jsonb, s, a, f, r::jsonb, c, st, fi, %s, ru FROM unnest("
         "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[],"
-        " %s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[])"
-        " AS u(q, i, n, d, s, a, f, r, c, st, fi)" + _JOB_UPSERT.replace("{t}", t),
+        " %s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::int[])"
+        " AS u(q, i, n, d, s, a, f, r, c, st, fi, ru)" + _JOB_UPSERT.replace("{t}", t),
         (now, *columns),
     )
 
 
 _JOB_COLUMNS = ("queue, id, name, data, state, attempts, failed_reason, returnvalue,"
-                " created_at, started_at, finished_at, updated_at")
+                " created_at, started_at, finished_at, updated_at, run")
 _JOB_UPSERT = (
     " ON CONFLICT (queue, id) DO UPDATE SET name = EXCLUDED.name, data = EXCLUDED.data,"
     " state = EXCLUDED.state, attempts = GREATEST(EXCLUDED.attempts, {t}.attempts),"
     " failed_reason = EXCLUDED.failed_reason, returnvalue = EXCLUDED.returnvalue,"
     " created_at = COALESCE({t}.created_at, EXCLUDED.created_at),"
     " started_at = COALESCE(EXCLUDED.started_at, {t}.started_at),"
-    " finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at"
+    " finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at,"
+    " run = EXCLUDED.run"
     # An outcome of an older run never overwrites a newer run's: a replica
     # frozen before its outcome's commit writes it when it wakes, after the
-    # job, stalled meanwhile, ran again and completed elsewhere (chaos).
-    " WHERE EXCLUDED.started_at IS NULL OR {t}.started_at IS NULL"
-    " OR EXCLUDED.started_at >= {t}.started_at")
+    # job, stalled meanwhile, ran again and completed elsewhere (chaos). The
+    # run is Redis' count, not a clock: a replica frozen between reading its
+    # clock and taking the job stamps a new run with an old time. A job
+    # waiting again (added, retried) starts over.
+    " WHERE EXCLUDED.state = 'waiting' OR EXCLUDED.run >= {t}.run")
 
 
 def _json(value: Any) -> str | None:

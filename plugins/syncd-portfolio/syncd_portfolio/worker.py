@@ -357,7 +357,10 @@ class PortfolioWorker:
 
     def _ended(self, active: ActiveJob) -> None:
         self._done_working(active)
-        del self.active[active.job.id]
+        # A run that lost its lock (this replica was frozen) may end after
+        # this replica took the same job again: the entry is the new run's.
+        if self.active.get(active.job.id) is active:
+            del self.active[active.job.id]
         self.metrics.active.set(len(self.active))
         if not self.active:
             self._idle.set()
@@ -632,7 +635,7 @@ class PortfolioWorker:
         return store.JobRecord(
             self.config.queue, job.id, job.name, job.data, state, attempts, failed_reason,
             returnvalue, job.timestamp, job.processedOn or now_ms(),
-            now_ms() if finished else None)
+            now_ms() if finished else None, job.attemptsStarted)
 
     async def record(self, job: Job, state: str, *, attempts: int) -> None:
         """Write a job's state to ``portfolio_jobs`` (no BullMQ call): removed, retried."""

@@ -19,6 +19,11 @@ class TestStore:
             assert names.balances in made
             # A second start finds everything in the catalog and runs no DDL.
             assert await db.transaction(lambda tx: store.ensure_schema(tx, names)) == []
+            # A jobs table from before outcomes were ordered by run gets the column.
+            await db.transaction(lambda tx: tx.execute(
+                f'ALTER TABLE "{names.jobs}" DROP COLUMN run'))
+            assert await db.transaction(lambda tx: store.ensure_schema(tx, names)) == [
+                f"{names.jobs}.run"]
 
             async def upsert(block: int, balance: int) -> int:
                 row = store.BalanceRow("u", 1, "0xw", "native", balance, 18, block)
@@ -45,9 +50,9 @@ class TestStore:
 
         def rec(job_id: str, state: str, attempts: int, *, reason: str | None = None,
                 value: object = None, started: int | None = 2_000,
-                finished: int | None = None) -> store.JobRecord:
+                finished: int | None = None, run: int = 0) -> store.JobRecord:
             return store.JobRecord("q", job_id, "token-metadata", {"chainId": 1}, state,
-                                   attempts, reason, value, 1_000, started, finished)
+                                   attempts, reason, value, 1_000, started, finished, run)
 
         async def record(*records: store.JobRecord) -> None:
             await db.transaction(lambda tx: store.record_jobs(
@@ -70,12 +75,22 @@ class TestStore:
                 ("c", "failed", 2, "y", None, {"chainId": 1}, True, False),
             ]
             # A replica frozen before committing its run's outcome ("delayed",
-            # started at 2,000) writes it when it wakes, after the job ran
-            # again elsewhere (started at 5,000) and completed: kept out.
-            await record(rec("d", "completed", 2, started=5_000, finished=6_000))
-            await record(rec("d", "delayed", 1, reason="HTTP 503", started=2_000))
+            # run 1) writes it when it wakes, after the job ran again
+            # elsewhere (run 2) and completed: kept out.
+            await record(rec("d", "completed", 2, started=5_000, finished=6_000, run=2))
+            await record(rec("d", "delayed", 1, reason="HTTP 503", started=2_000, run=1))
             state = await db.fetchall(f'SELECT state, attempts FROM "{names.jobs}" WHERE id = %s',
                                       ("d",))
             assert [tuple(r) for r in state] == [("completed", 2)]
+            # Runs, not clocks: a replica frozen between reading its clock and
+            # taking the job starts run 3 with a time older than run 2's.
+            await record(rec("e", "delayed", 1, reason="stalled", started=5_000, run=2))
+            await record(rec("e", "completed", 1, started=2_000, finished=6_000, run=3))
+            state = await db.fetchall(f'SELECT state FROM "{names.jobs}" WHERE id = %s', ("e",))
+            assert [tuple(r) for r in state] == [("completed",)]
+            # Retried from its first attempt: waiting again, whatever ran before.
+            await record(rec("e", "waiting", 0, run=0))
+            state = await db.fetchall(f'SELECT state FROM "{names.jobs}" WHERE id = %s', ("e",))
+            assert [tuple(r) for r in state] == [("waiting",)]
         finally:
             await db.aclose()
