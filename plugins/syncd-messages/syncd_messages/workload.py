@@ -145,7 +145,7 @@ def _workload(prefix: str, writers: list[str], variant: str, own_receiver: bool
                     raw = item(i)
                     pipe.lpush(queues[queue_type(i)], raw)
                     if i == len(stored):
-                        stored.append(None if malformed(i) else _stored(i, raw))
+                        stored.append(None if malformed(i) else stored_text(i, raw))
                 pipe.execute()
 
     def pending(env: syncd.WorkloadEnv) -> int:
@@ -222,7 +222,7 @@ def _workload(prefix: str, writers: list[str], variant: str, own_receiver: bool
         if env.dialect != "postgresql":
             stamp = stamp.strftime("%Y-%m-%d %H:%M:%S.%f")
         for i in range(len(stored), produced):  # not produced in this process yet
-            stored.append(None if malformed(i) else _stored(i, item(i)))
+            stored.append(None if malformed(i) else stored_text(i, item(i)))
         rows = [(queue_type(i), stored[i], "ceiling", i, stamp)
                 for i in expected_tokens(produced)
                 if not (env.dialect == "postgresql" and refused_by_postgres(i))]
@@ -246,7 +246,7 @@ def _workload(prefix: str, writers: list[str], variant: str, own_receiver: bool
     )
 
 
-def _stored(i: int, raw: bytes) -> str:
+def stored_text(i: int, raw: bytes) -> str:
     """What syncd stores for valid item ``i``, ``raw`` (raw text wrapped as the plugin does)."""
     if i % 10 == 3:
         return json.dumps({"text": raw.decode(), "queueType": queue_type(i),
