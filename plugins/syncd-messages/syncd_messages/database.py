@@ -27,6 +27,11 @@ from syncd_messages.schema import COLUMNS, create_statement
 from syncd_messages.written import Written
 
 
+class Unparsed(Exception):
+    """The database refused a batch whose objects were not parsed first
+    (`normalize_batch` ``unparsed``): normalize it again, parsing, and write that."""
+
+
 @attrs.define(eq=False)
 class DatabaseWriter:
     """Writes batches of messages to ``table``, each batch under its ledger entry."""
@@ -55,8 +60,15 @@ class DatabaseWriter:
     async def session(self) -> AsyncIterator[None]:
         yield
 
+    @property
+    def parses_json(self) -> bool:
+        """Whether the table's column refuses what is not JSON (JSONB): then
+        messages may come unparsed (see `Unparsed`)."""
+        return self.database.dialect == "postgresql"
+
     async def write(
-        self, queue_type: str, source: str, batch: syncd.Batch, messages: list[bytes]
+        self, queue_type: str, source: str, batch: syncd.Batch, messages: list[bytes],
+        *, unparsed: bool = False,
     ) -> Written:
         synced_at: Any = datetime.now(UTC)
         dialect = self.database.dialect
@@ -79,6 +91,8 @@ class DatabaseWriter:
         except syncd.TransientError:
             raise
         except Exception as exc:
+            if unparsed:
+                raise Unparsed(str(exc)) from exc
             self.ctx.log.info("database refused the batch; isolating the rows it refuses",
                               extra={"batch": batch.id, "error": str(exc)[:200]})
             applied, refused = await self.database.apply_batch(

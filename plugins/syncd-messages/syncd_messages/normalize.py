@@ -47,13 +47,20 @@ class Normalized:
 
 def normalize_batch(
     items: Sequence[bytes], *, queue_type: str, max_bytes: int, now: datetime | None = None,
-    envelope: bool = True,
+    envelope: bool = True, unparsed: bool = False,
 ) -> Normalized:
     """Turn a batch of raw items into envelopes and rejections (see the module).
 
     ``envelope=False``: bare messages, for a writer that takes the batch
     straight from the intake (nothing goes back to Redis, so nothing needs
     an age), sparing it an envelope made only to be opened again.
+
+    ``unparsed=True``: an item that looks like a one-line JSON object
+    (ASCII, ``{`` first, ``}`` last, no line break) is taken as one without
+    parsing it: for a writer that parses every message itself and refuses
+    the whole batch if one is no JSON (PostgreSQL's JSONB). That writer
+    must then have the batch normalized again without this, where such an
+    item is raw text and wrapped. Parsing is half of this function's time.
     """
     now = now or datetime.now(UTC)
     received_at = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -68,6 +75,10 @@ def normalize_batch(
         if len(raw) > max_bytes:
             rejected.append((position, f"item of {len(raw)} bytes is over max_item_bytes "
                                        f"({max_bytes})"))
+            continue
+        if (unparsed and raw[:1] == b"{" and raw[-1:] == b"}" and raw.isascii()
+                and b"\n" not in raw and b"\r" not in raw):
+            append(prefix + raw)
             continue
         # The usual message: a JSON object on one line, parsed in C (the
         # checks of `_one_line` inline: this loop runs for every message).

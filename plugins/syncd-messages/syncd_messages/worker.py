@@ -42,11 +42,11 @@ import trio
 
 import syncd
 from syncd_messages.config import MessagesConfig
-from syncd_messages.database import DatabaseWriter
+from syncd_messages.database import DatabaseWriter, Unparsed
 from syncd_messages.files import FileWriter
 from syncd_messages.keys import dead_key, lane_key
 from syncd_messages.metrics import MessageMetrics
-from syncd_messages.normalize import Normalized, messages_of, normalize_batch, open_envelope
+from syncd_messages.normalize import messages_of, normalize_batch, open_envelope
 from syncd_messages.webhook import WebhookUnavailable, WebhookWriter
 from syncd_messages.written import Written
 
@@ -495,12 +495,10 @@ class MessagesWorker:
 
     async def _forward(self, intake: Intake, batch: syncd.Batch) -> Outcome:
         started = time.perf_counter()
-        cfg = self.config
-        normalized = normalize_batch(
-            batch.items, queue_type=intake.queue_type, max_bytes=cfg.max_item_bytes,
-            envelope=intake.direct is None)
         if intake.direct is not None:
-            return await self._write_direct(intake, intake.direct, batch, normalized, started)
+            return await self._write_direct(intake, intake.direct, batch, started)
+        normalized = normalize_batch(
+            batch.items, queue_type=intake.queue_type, max_bytes=self.config.max_item_bytes)
         letters = [
             syncd.DeadLetter(dead_key(intake.source), batch.items[position], reason,
                              self.ctx.name, source=intake.source)
@@ -522,14 +520,34 @@ class MessagesWorker:
         return Outcome(result, len(batch), seconds)
 
     async def _write_direct(
-        self, intake: Intake, lane: Lane, batch: syncd.Batch, normalized: Normalized,
-        started: float,
+        self, intake: Intake, lane: Lane, batch: syncd.Batch, started: float,
     ) -> Outcome:
         """The database writer alone: write the intake's batch, then ack it with
-        every dead letter (items that are no message, rows the database refused)."""
-        messages = normalized.messages  # bare: no envelope on the direct path
+        every dead letter (items that are no message, rows the database refused).
+
+        Into JSONB, what looks like a JSON object goes unparsed first: the
+        database parses every message anyway, and refuses the batch if one
+        is no JSON, which is then normalized again, parsed (see
+        `normalize_batch`). Bare messages: no envelope on this path.
+        """
         writer = lane.writer
-        written = await writer.write(intake.queue_type, intake.source, batch, messages)
+        assert isinstance(writer, DatabaseWriter)
+        unparsed = writer.parses_json
+        normalized = normalize_batch(
+            batch.items, queue_type=intake.queue_type, max_bytes=self.config.max_item_bytes,
+            envelope=False, unparsed=unparsed)
+        try:
+            written = await writer.write(intake.queue_type, intake.source, batch,
+                                         normalized.messages, unparsed=unparsed)
+        except Unparsed as exc:
+            self.ctx.log.info("database refused an unparsed batch; parsing it", extra={
+                "batch": batch.id, "error": str(exc)[:200]})
+            normalized = normalize_batch(
+                batch.items, queue_type=intake.queue_type,
+                max_bytes=self.config.max_item_bytes, envelope=False)
+            written = await writer.write(intake.queue_type, intake.source, batch,
+                                         normalized.messages)
+        messages = normalized.messages
         syncd.crash_point(self.ctx.name, f"{writer.name}:after_write")
         letters = [
             syncd.DeadLetter(dead_key(intake.source), batch.items[position], reason,

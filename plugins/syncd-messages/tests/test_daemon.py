@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections import Counter
 from typing import Any
 
@@ -297,3 +298,37 @@ class TestDatabaseAlone:
                        + [f"new{i}" for i in range(40)])
         [dead] = messages.dead_letters("in")
         assert dead.reason == "empty item" and dead.source == messages.queues["in"]
+
+    async def test_what_only_looks_like_json_is_wrapped_as_with_every_writer(
+        self, pg_messages: Messages, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Alone on PostgreSQL the writer sends objects unparsed; when JSONB
+        refuses the batch, it is parsed and written again: what is no JSON
+        is wrapped as raw text, what JSONB cannot hold is dead-lettered with
+        the database's reason, the rest is stored once, in order."""
+        caplog.set_level(logging.INFO, logger="syncd")
+        messages = pg_messages
+        items = [b'{"id": "m%d"}' % i for i in range(60)]
+        items[3] = b"{not json}"
+        items[9] = b'{"id": "m9"} {"id": "again"}'
+        items[20] = b'{"id": "m20", "n": 12345678901234567890123}'
+        items[30] = b'{"id": "m30", "a": "nul \\u0000"}'
+        items[40] = '{"id": "m40", "emoji": "\U0001f600"}'.encode()
+        messages.push("in", *items)
+        alone = messages.section(writers=["database"], batch_size=100)
+        async with run_daemon(daemon_config({"messages": alone}, {"default": messages.url}),
+                              [syncd_messages]):
+            await wait_for(lambda: messages.pending() == 0, 30)
+        rows = messages.rows("in")
+        assert [r[2] for r in rows] == [p for p in range(60) if p != 30]
+        stored = {r[2]: json.loads(r[1]) for r in rows}
+        assert stored[3]["text"] == "{not json}"
+        assert stored[9]["text"] == '{"id": "m9"} {"id": "again"}'
+        assert stored[20] == {"id": "m20", "n": 12345678901234567890123}
+        assert stored[40] == {"id": "m40", "emoji": "\U0001f600"}
+        assert all(stored[p] == {"id": f"m{p}"} for p in stored if p not in (3, 9, 20, 40))
+        [dead] = messages.dead_letters("in")
+        assert dead.payload_bytes == items[30]
+        assert dead.reason.startswith("database refused the message: ")
+        # The batch did go unparsed first, and was parsed once refused.
+        assert "database refused an unparsed batch; parsing it" in caplog.messages

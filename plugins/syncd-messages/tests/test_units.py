@@ -49,6 +49,21 @@ class TestNormalize:
             "text": raw.decode(), "queueType": "in", "receivedAt": "2026-01-02T03:04:05.678Z"}
         assert result.wrapped == 1
 
+    def test_unparsed_takes_what_looks_like_an_object_as_it_is(self) -> None:
+        """For a database that parses every message itself (JSONB): no parse
+        for a one-line ASCII object; the rest is normalized as ever."""
+        looks = [b'{"id": "a"}', b"{not json}", b'{"a": 1} {"b": 2}']
+        others = [b'{\n"id": "b"}', '{"id": "\u00e9"}'.encode(), b"raw", b""]
+        result = normalize_batch([*looks, *others], queue_type="in", max_bytes=1 << 20,
+                                 now=NOW, envelope=False, unparsed=True)
+        parsed = normalize_batch([*looks, *others], queue_type="in", max_bytes=1 << 20,
+                                 now=NOW, envelope=False)
+        assert result.messages[:3] == looks
+        assert result.messages[3:] == parsed.messages[3:]
+        assert [json.loads(m)["text"] for m in parsed.messages[1:3]] == [
+            "{not json}", '{"a": 1} {"b": 2}']
+        assert result.rejected == parsed.rejected == [(6, "empty item")]
+
     def test_json_orjson_refuses_but_json_allows_is_kept(self) -> None:
         """Lone surrogate escapes are JSON; whether they can be stored is each writer's call."""
         raw = b'{"a": "\\ud800"}'
