@@ -295,6 +295,12 @@ class Transaction:
         schema, _, name = self.quote(table).replace(self.quote_char, "").rpartition(".")
         return self._table_exists(schema or None, name)
 
+    def column_type(self, table: str, column: str) -> str:
+        """The declared type of ``table.column`` as the catalog spells it
+        (``jsonb``, ``character varying(191)``, ``bigint``...); ValueError if
+        there is no such column."""
+        return self._column_type(table, column)
+
     def index_exists(self, table: str, index: str) -> bool:
         """Whether an index named ``index`` exists on ``table``, from the catalog."""
         schema, _, name = self.quote(table).replace(self.quote_char, "").rpartition(".")

@@ -38,6 +38,9 @@ class DatabaseWriter:
 
     ctx: syncd.PluginContext
     name: str = "database"
+    #: The table's ``message`` is PostgreSQL's JSONB or JSON, which refuse
+    #: what is no JSON: messages may then come unparsed (see `Unparsed`).
+    parses_json: bool = False
 
     @property
     def database(self) -> syncd.Database:
@@ -45,26 +48,27 @@ class DatabaseWriter:
         return self.ctx.database
 
     async def prepare(self) -> None:
-        """Create the table if the catalog says it is missing, once per process."""
+        """Create the table if the catalog says it is missing (once per process),
+        and learn whether its ``message`` column parses JSON (`parses_json`)."""
         table = self.ctx.config.table
-        if not self.ctx.config.create_table:
-            return
+        if self.ctx.config.create_table:
 
-        def create(tx: syncd.Transaction) -> None:
-            if not tx.table_exists(table):
-                tx.execute(create_statement(tx.dialect, table))
+            def create(tx: syncd.Transaction) -> None:
+                if not tx.table_exists(table):
+                    tx.execute(create_statement(tx.dialect, table))
 
-        await self.database.setup_once(f"messages:{table}", create)
+            await self.database.setup_once(f"messages:{table}", create)
+        if self.database.dialect == "postgresql":
+
+            def parses(tx: syncd.Transaction) -> bool:
+                return tx.table_exists(table) and tx.column_type(table, "message") in (
+                    "jsonb", "json")
+
+            self.parses_json = await self.database.transaction(parses)
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
         yield
-
-    @property
-    def parses_json(self) -> bool:
-        """Whether the table's column refuses what is not JSON (JSONB): then
-        messages may come unparsed (see `Unparsed`)."""
-        return self.database.dialect == "postgresql"
 
     async def write(
         self, queue_type: str, source: str, batch: syncd.Batch, messages: list[bytes],

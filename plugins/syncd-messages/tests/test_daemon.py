@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 from collections import Counter
@@ -332,3 +333,26 @@ class TestDatabaseAlone:
         assert dead.reason.startswith("database refused the message: ")
         # The batch did go unparsed first, and was parsed once refused.
         assert "database refused an unparsed batch; parsing it" in caplog.messages
+
+    @pytest.mark.parametrize("column", ["TEXT", "JSONB"])
+    async def test_a_table_of_ones_own_is_asked_whether_it_parses_json(
+        self, pg_messages: Messages, caplog: pytest.LogCaptureFixture, column: str
+    ) -> None:
+        """Into a ``message`` column of type text nothing goes unparsed: the
+        database would take what only looks like JSON as it is."""
+        caplog.set_level(logging.INFO, logger="syncd")
+        messages = pg_messages
+        table = messages.options["table"]
+        with contextlib.closing(messages.env.connect()) as conn:
+            conn.execute(f'ALTER TABLE "{table}" ALTER COLUMN message TYPE {column}')
+            conn.commit()
+        messages.push("in", b'{"id": "m0"}', b"{not json}", b'{"id": "m2"}')
+        alone = messages.section(writers=["database"], create_table=False)
+        async with run_daemon(daemon_config({"messages": alone}, {"default": messages.url}),
+                              [syncd_messages]):
+            await wait_for(lambda: messages.pending() == 0, 30)
+        stored = [json.loads(r[1]) for r in messages.rows("in")]
+        assert stored[0] == {"id": "m0"} and stored[2] == {"id": "m2"}
+        assert stored[1]["text"] == "{not json}"
+        unparsed = "database refused an unparsed batch; parsing it" in caplog.messages
+        assert unparsed == (column == "JSONB")
