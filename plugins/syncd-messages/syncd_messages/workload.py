@@ -40,6 +40,7 @@ from typing import Any
 
 import syncd
 from syncd_messages.keys import dead_key, lane_key
+from syncd_messages.receiver import logged_deliveries, token
 from syncd_messages.schema import COLUMNS, create_statement, drop_statement, quote
 
 PIPELINE = 1000
@@ -304,12 +305,11 @@ def _webhook_ids(log: Path) -> dict[int, set[str]]:
     ids: dict[int, set[str]] = {}
     if not log.exists():
         return ids
-    for line in log.read_text().splitlines():
-        doc = json.loads(line)
-        for tok in doc["tokens"]:
-            found = TOKEN.search(tok.encode())
+    for webhook_id, messages in logged_deliveries(log):
+        for message in messages:
+            found = TOKEN.search(token(message).encode())
             if found:
-                ids.setdefault(int(found.group(1)), set()).add(doc["id"])
+                ids.setdefault(int(found.group(1)), set()).add(webhook_id)
     return ids
 
 
