@@ -59,12 +59,13 @@ def ensure_schema(tx: syncd.Transaction, tables: Tables) -> list[str]:
             " run INTEGER NOT NULL DEFAULT 0,"
             " PRIMARY KEY (queue, id))")
         made.append(tables.jobs)
-    elif not tx.fetchall(
-            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
-            " AND table_name = %s AND column_name = 'run'", (tables.jobs,)):
-        # A table made before outcomes were ordered by run.
-        tx.execute(f"ALTER TABLE {j} ADD COLUMN IF NOT EXISTS run INTEGER NOT NULL DEFAULT 0")
-        made.append(f"{tables.jobs}.run")
+    else:
+        try:
+            tx.column_type(tables.jobs, "run")
+        except ValueError:
+            # A table made before outcomes were ordered by run.
+            tx.execute(f"ALTER TABLE {j} ADD COLUMN IF NOT EXISTS run INTEGER NOT NULL DEFAULT 0")
+            made.append(f"{tables.jobs}.run")
     index = f"{tables.jobs}_state_idx"[:63]
     if not tx.index_exists(tables.jobs, index):
         tx.execute(f"CREATE INDEX IF NOT EXISTS {tx.quote_column(index)} "
